@@ -1,0 +1,41 @@
+"""Everything Dagster loads, assembled in one place."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from etl_defs.assets import DATABASE_ASSETS
+from etl_defs.jobs import build_product_sync_job
+from etl_defs.settings import SyncSettings, load_settings
+from resources import MongoResource, PostgresResource
+
+
+def _optional_env(name: str) -> dg.EnvVar | None:
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource]:
+    """The three databases, with URLs and secrets bound by variable name, never by value."""
+    mongo_credentials = {"username": _optional_env("MONGO_USER"), "password": _optional_env("MONGO_PASSWORD")}
+    return {
+        "product_db": MongoResource(
+            url=dg.EnvVar("PRODUCT_SERVICE_MONGODB_URL"), label="Product MongoDB", **mongo_credentials
+        ),
+        "order_db": MongoResource(url=dg.EnvVar(settings.order_url_env), label="Order MongoDB", **mongo_credentials),
+        "cart_db": PostgresResource(url=dg.EnvVar(settings.cart_db_url_env), label="Cart PostgreSQL"),
+    }
+
+
+def build_definitions(settings: SyncSettings) -> dg.Definitions:
+    """The code location's definitions for validated `settings`."""
+    return dg.Definitions(
+        assets=DATABASE_ASSETS,
+        jobs=[build_product_sync_job(settings)],
+        resources=build_resources(settings),
+    )
+
+
+settings = load_settings()
+defs = build_definitions(settings)

@@ -1,0 +1,1 @@
+"""Product sync: Product MongoDB `products` -> Cart PostgreSQL `product`."""

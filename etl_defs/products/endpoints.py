@@ -1,0 +1,140 @@
+"""I/O of the product sync: Product MongoDB `products` -> Cart PostgreSQL `product`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from etl_defs.products.transform import PRODUCT_PROJECTION, ProductRow
+from etl_defs.sync.plan import BatchPlan, Rejection
+from etl_defs.sync.runner import WriteResult
+from resources import MongoResource, PostgresResource
+
+PRODUCT_COLUMNS = ("id", "title", "price", "image", "sellerId", "quantity")
+EXPECTED_PRODUCT_TYPES = {
+    "id": "character varying",
+    "title": "character varying",
+    "price": "integer",
+    "image": "character varying",
+    "sellerId": "character varying",
+    "quantity": "integer",
+}
+
+_COLS = ", ".join(f'"{c}"' for c in PRODUCT_COLUMNS)
+SCAN_SQL = f'SELECT {_COLS} FROM product ORDER BY id COLLATE "C"'
+STAGE_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS product_sync_stage (id varchar, title varchar, price integer, "
+    'image varchar, "sellerId" varchar, quantity integer) ON COMMIT DELETE ROWS'
+)
+_UPDATABLE = [c for c in PRODUCT_COLUMNS if c != "id"]
+UPSERT_SQL = (
+    f"INSERT INTO product AS p ({_COLS}) SELECT {_COLS} FROM product_sync_stage "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _UPDATABLE)
+    + " WHERE ("
+    + ", ".join(f'p."{c}"' for c in _UPDATABLE)
+    + ") IS DISTINCT FROM ("
+    + ", ".join(f'EXCLUDED."{c}"' for c in _UPDATABLE)
+    + ") RETURNING (xmax = 0) AS inserted"
+)
+
+
+def product_schema_problems(conn: psycopg.Connection) -> list[str]:
+    """What is wrong with the Cart DB's `product` table for this sync (empty when fine)."""
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'product'"
+    ).fetchall()
+    conn.rollback()
+    if not rows:
+        return ["table 'product' does not exist"]
+    found = dict(rows)
+    problems = []
+    for column, expected in EXPECTED_PRODUCT_TYPES.items():
+        if column not in found:
+            problems.append(f"column product.{column} is missing")
+        elif found[column] != expected:
+            problems.append(f"column product.{column} is {found[column]}, expected {expected}")
+    return problems
+
+
+class ProductSyncEndpoints:
+    """Streams products from MongoDB and product rows from PostgreSQL; writes in bulk."""
+
+    prunes_orphans = False  # product orphans may still be in carts: counted, never deleted
+
+    def __init__(self, product_db: MongoResource, cart_db: PostgresResource) -> None:
+        self.product_db = product_db
+        self.cart_db = cart_db
+
+    def source_batches(self, batch_size: int) -> Iterator[Sequence[dict[str, Any]]]:
+        """Product documents in `_id` order (the `_id_` index walk), `batch_size` at a time."""
+        with self.product_db.translated_errors():
+            cursor = (
+                self.product_db.collection("products")
+                .find({}, PRODUCT_PROJECTION)
+                .sort("_id", 1)
+                .hint("_id_")
+                .batch_size(batch_size)
+            )
+            batch: list[dict[str, Any]] = []
+            for doc in cursor:
+                batch.append(doc)
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    def target_batches(self, batch_size: int) -> Iterator[Sequence[ProductRow]]:
+        """`product` rows in `id COLLATE "C"` order through a server-side cursor."""
+        with self.cart_db.connection() as conn:
+            conn.autocommit = False
+            with conn.cursor(name="product_sync_scan") as cursor:
+                cursor.itersize = batch_size
+                cursor.execute(SCAN_SQL)
+                while rows := cursor.fetchmany(batch_size):
+                    yield [ProductRow._make(row) for row in rows]
+            conn.rollback()
+
+    def write(self, plan: BatchPlan[ProductRow, ProductRow]) -> WriteResult:
+        """Insert the plan's missing rows and update its changed ones, in one transaction."""
+        rows = plan.missing + [row for row, _ in plan.changed]
+        result = WriteResult()
+        with self.cart_db.connection() as conn:
+            conn.autocommit = True
+            try:
+                self._write_isolating_bad_rows(conn, rows, result)
+            finally:
+                conn.autocommit = False
+        return result
+
+    def _write_isolating_bad_rows(self, conn: psycopg.Connection, rows: list[ProductRow], result: WriteResult) -> None:
+        """Write `rows` in one transaction; if the database refuses one, split to find it.
+
+        The transform already rejects what the contract forbids, so this is the safety net
+        for what only the database knows (a constraint added by the Cart service, say).
+        """
+        if not rows:
+            return
+        try:
+            with conn.transaction():
+                conn.execute(STAGE_SQL)
+                with conn.cursor().copy(f"COPY product_sync_stage ({_COLS}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                flags = conn.execute(UPSERT_SQL).fetchall()
+        except (psycopg.DataError, psycopg.IntegrityError) as error:
+            if len(rows) == 1:
+                reason = error.diag.message_primary or type(error).__name__
+                result.rejected.append(Rejection(rows[0].id, f"PostgreSQL refused the row: {reason}"))
+                return
+            middle = len(rows) // 2
+            self._write_isolating_bad_rows(conn, rows[:middle], result)
+            self._write_isolating_bad_rows(conn, rows[middle:], result)
+            return
+        inserted = sum(1 for (flag,) in flags if flag)
+        result.inserted += inserted
+        result.updated += len(flags) - inserted

@@ -1,0 +1,50 @@
+"""Ops of the product sync."""
+
+from typing import Any
+
+import dagster as dg
+
+from etl_defs.assets import CART_DB_PRODUCT
+from etl_defs.products.endpoints import ProductSyncEndpoints, product_schema_problems
+from etl_defs.products.transform import compare_products, product_key, transform_product
+from etl_defs.sync import SyncSpec
+from etl_defs.sync_op import SyncOpConfig, run_sync_op
+from resources import MongoResource, PostgresResource
+
+PRODUCT_SYNC = SyncSpec(
+    name="products",
+    transform=transform_product,
+    source_key=product_key,
+    target_key=product_key,
+    compare=compare_products,
+)
+
+
+@dg.op(description="Check that the Product MongoDB and the Cart PostgreSQL answer and the product table fits.")
+def check_product_sync_ready(context: dg.OpExecutionContext, product_db: MongoResource, cart_db: PostgresResource) -> None:
+    context.log.info(f"{product_db.where} answered in {product_db.ping() * 1000:.1f} ms")
+    context.log.info(f"{cart_db.where} answered in {cart_db.ping() * 1000:.1f} ms")
+    with cart_db.connection() as conn:
+        problems = product_schema_problems(conn)
+    if problems:
+        raise dg.Failure(
+            description=f"{cart_db.where} cannot take the product sync: " + "; ".join(problems),
+            allow_retries=False,
+        )
+
+
+@dg.op(
+    ins={"ready": dg.In(dg.Nothing)},
+    description="Insert missing and update changed products in the Cart DB, in bulk; count orphans and rejects.",
+)
+def sync_products(
+    context: dg.OpExecutionContext, config: SyncOpConfig, product_db: MongoResource, cart_db: PostgresResource
+) -> dg.Output[dict[str, Any]]:
+    return run_sync_op(
+        context,
+        config,
+        spec=PRODUCT_SYNC,
+        endpoints=ProductSyncEndpoints(product_db, cart_db),
+        lock_db=cart_db,
+        asset_key=CART_DB_PRODUCT,
+    )

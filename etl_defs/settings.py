@@ -1,0 +1,164 @@
+"""The service's environment variables, validated once when `etl_defs` loads.
+
+Names are the old Node service's, so an existing deployment's environment works as is.
+A bad value raises `SettingsError` naming the variable and the (masked) value before any
+connection is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 100_000
+
+MONGO_SCHEMES = ("mongodb", "mongodb+srv")
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
+
+_SECRET_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)", re.I)
+
+
+class SettingsError(ValueError):
+    """An environment variable is missing or has a value the service cannot use."""
+
+
+def mask_secrets(text: str) -> str:
+    """Replace the password part of every URL in `text` with `***`."""
+    return _SECRET_IN_URL.sub(r"\g<head>***\g<tail>", text)
+
+
+def _check_url(value: str, schemes: tuple[str, ...], what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in schemes:
+        raise ValueError(f"is not a {what} URL (expected a scheme of {', '.join(schemes)})")
+    if not parts.hostname and parts.scheme.lower() != "mongodb+srv":
+        raise ValueError(f"is not a {what} URL (no host)")
+    if parts.scheme.lower() == "mongodb+srv" and not parts.hostname:
+        raise ValueError(f"is not a {what} URL (no host)")
+    try:
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        raise ValueError(f"is not a {what} URL (bad port)") from None
+    if what == "MongoDB" and not parts.path.strip("/"):
+        raise ValueError("names no database (put it in the path, e.g. mongodb://host:27017/product)")
+    return value
+
+
+def _check_cron(value: str) -> str:
+    if not croniter.is_valid(value) or len(value.split()) != 5:
+        raise ValueError("is not a five-field cron expression")
+    return value
+
+
+class SyncSettings(BaseSettings):
+    """Every environment variable the service reads."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", populate_by_name=False, hide_input_in_errors=True
+    )
+
+    product_mongodb_url: str = Field(alias="PRODUCT_SERVICE_MONGODB_URL")
+    order_mongodb_url: str | None = Field(default=None, alias="ORDER_SERVICE_MONGODB_URL")
+    cart_db_url: str = Field(alias="CART_DB_URL")
+    cart_db_write_url: str | None = Field(default=None, alias="CART_DB_WRITE_URL")
+    mongo_user: str | None = Field(default=None, alias="MONGO_USER")
+    mongo_password: str | None = Field(default=None, alias="MONGO_PASSWORD")
+    sync_cron_schedule: str = Field(default="*/30 * * * *", alias="SYNC_CRON_SCHEDULE")
+    cart_sync_cron_schedule: str = Field(default="*/10 * * * *", alias="CART_SYNC_CRON_SCHEDULE")
+    health_check_cron_schedule: str = Field(default="*/5 * * * *", alias="HEALTH_CHECK_CRON_SCHEDULE")
+    enable_scheduler: bool = Field(default=True, alias="ENABLE_SCHEDULER")
+    sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
+    cart_sync_batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE, alias="CART_SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE
+    )
+    timezone: str = Field(default="UTC", alias="TIMEZONE")
+
+    @field_validator("product_mongodb_url", "order_mongodb_url")
+    @classmethod
+    def _mongo_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value, MONGO_SCHEMES, "MongoDB")
+
+    @field_validator("cart_db_url", "cart_db_write_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value, POSTGRES_SCHEMES, "PostgreSQL")
+
+    @field_validator("sync_cron_schedule", "cart_sync_cron_schedule", "health_check_cron_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not a known IANA timezone (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+    @property
+    def order_url_env(self) -> str:
+        """The variable that holds the Order MongoDB URL (it falls back to the product one)."""
+        return "ORDER_SERVICE_MONGODB_URL" if self.order_mongodb_url else "PRODUCT_SERVICE_MONGODB_URL"
+
+    @property
+    def cart_db_url_env(self) -> str:
+        """The variable that holds the Cart PostgreSQL URL the sync writes through."""
+        return "CART_DB_WRITE_URL" if self.cart_db_write_url else "CART_DB_URL"
+
+
+_SECRET_VARS = {"MONGO_PASSWORD"}
+_URL_VARS = {
+    "PRODUCT_SERVICE_MONGODB_URL",
+    "ORDER_SERVICE_MONGODB_URL",
+    "CART_DB_URL",
+    "CART_DB_WRITE_URL",
+}
+
+
+def _shown(name: str, value: object) -> str:
+    if value is None:
+        return "(not set)"
+    if name in _SECRET_VARS:
+        return "'***'"
+    text = str(value)
+    return repr(mask_secrets(text) if name in _URL_VARS else text)
+
+
+def _explain(error: ValidationError, environ: Mapping[str, str]) -> str:
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = str(item["loc"][0]) if item["loc"] else "?"
+        value = environ.get(name)
+        if item["type"] == "missing":
+            lines.append(f"{name} is required but not set")
+            continue
+        reason = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}={_shown(name, value)} {reason}")
+    return "Invalid environment for the sync service:\n  " + "\n  ".join(lines)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> SyncSettings:
+    """Read and validate the environment; raise `SettingsError` naming each bad variable."""
+    env = dict(os.environ if environ is None else environ)
+    # An empty variable means "not set", as it did for the old service.
+    env = {k: v for k, v in env.items() if v != ""}
+    try:
+        settings = SyncSettings.model_validate(env)
+    except ValidationError as error:
+        raise SettingsError(_explain(error, env)) from None
+    if settings.order_mongodb_url is None:
+        log.warning("ORDER_SERVICE_MONGODB_URL is not set: the Order database uses PRODUCT_SERVICE_MONGODB_URL")
+    return settings

@@ -1,0 +1,207 @@
+"""Pure planning: merge two key-ordered streams of batches and classify every key.
+
+No I/O here. Sources and targets arrive as iterables of batches (lists), each side ordered
+by key as strings in byte order (Python `str` comparison is code-point order, which is
+UTF-8 byte order, which is PostgreSQL `COLLATE "C"` and ObjectId hex order). A side that
+breaks the order fails the run with `KeyOrderError` naming the keys: a silent
+misclassification would be far worse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+Raw = TypeVar("Raw")
+Row = TypeVar("Row")
+Tgt = TypeVar("Tgt")
+
+
+class Change(StrEnum):
+    """What a key needs: the classes every sync reports."""
+
+    MISSING = "missing"  # in the source, not in the target: insert
+    CHANGED = "changed"  # in both, target differs: update
+    UNCHANGED = "unchanged"  # in both, equal: nothing to do
+    ORPHANED = "orphaned"  # in the target only
+    REJECTED = "rejected"  # the source record cannot be transformed
+    NEWER_IN_TARGET = "newer_in_target"  # the target is ahead of the source: never touched
+
+
+class KeyOrderError(RuntimeError):
+    """One side of the merge did not arrive in strictly increasing key order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A source record the target cannot take, and why.
+
+    `key` is the record's key as text; `ordered` is false when that key cannot take part in
+    the ordered merge (for example a product `_id` that is not an ObjectId).
+    """
+
+    key: str
+    reason: str
+    ordered: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSpec(Generic[Raw, Row, Tgt]):
+    """The pure, pipeline-specific parts of a sync."""
+
+    name: str
+    transform: Callable[[Raw], Row | Rejection]
+    source_key: Callable[[Row], str]
+    target_key: Callable[[Tgt], str]
+    compare: Callable[[Row, Tgt], Change]
+
+
+@dataclass(slots=True)
+class BatchPlan(Generic[Row, Tgt]):
+    """The classified keys of one batch: what to write, and what only to count."""
+
+    missing: list[Row] = field(default_factory=list)
+    changed: list[tuple[Row, Tgt]] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    orphaned: list[Tgt] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    newer_in_target: list[tuple[Row, Tgt]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """How many keys this plan classifies."""
+        return (
+            len(self.missing) + len(self.changed) + len(self.unchanged) + len(self.orphaned)
+            + len(self.rejected) + len(self.newer_in_target)
+        )  # fmt: skip
+
+    @property
+    def source_rows(self) -> int:
+        """How many source records this plan covers."""
+        return self.size - len(self.orphaned)
+
+    def keys(self, change: Change, spec: SyncSpec) -> list[str]:
+        """The keys of one class, for reports and samples."""
+        match change:
+            case Change.MISSING:
+                return [spec.source_key(row) for row in self.missing]
+            case Change.CHANGED:
+                return [spec.source_key(row) for row, _ in self.changed]
+            case Change.UNCHANGED:
+                return list(self.unchanged)
+            case Change.ORPHANED:
+                return [spec.target_key(row) for row in self.orphaned]
+            case Change.REJECTED:
+                return [r.key for r in self.rejected]
+            case Change.NEWER_IN_TARGET:
+                return [spec.source_key(row) for row, _ in self.newer_in_target]
+
+
+class _OrderGuard:
+    """Fails loudly when one side's keys stop increasing."""
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.previous: str | None = None
+
+    def check(self, key: str) -> None:
+        if self.previous is not None and key <= self.previous:
+            raise KeyOrderError(
+                f"{self.side} keys out of order: {key!r} arrived after {self.previous!r}; "
+                'both sides must be ordered by key as bytes (COLLATE "C" / ObjectId order)'
+            )
+        self.previous = key
+
+
+def _ordered(batches: Iterable[Sequence[Tgt]], key: Callable[[Tgt], str]) -> Iterator[tuple[str, Tgt]]:
+    guard = _OrderGuard("target")
+    for batch in batches:
+        for item in batch:
+            current = key(item)
+            guard.check(current)
+            yield current, item
+
+
+def _transformed(batches: Iterable[Sequence[Raw]], spec: SyncSpec) -> Iterator[tuple[str, object]]:
+    """Source records as (key, row or rejection); unorderable rejections get key ``""``."""
+    guard = _OrderGuard("source")
+    for batch in batches:
+        for raw in batch:
+            result = spec.transform(raw)
+            if isinstance(result, Rejection):
+                if not result.ordered:
+                    yield "", result
+                    continue
+                current = result.key
+            else:
+                current = spec.source_key(result)
+            guard.check(current)
+            yield current, result
+
+
+def plan_batches(
+    spec: SyncSpec[Raw, Row, Tgt],
+    source_batches: Iterable[Sequence[Raw]],
+    target_batches: Iterable[Sequence[Tgt]],
+    batch_size: int,
+) -> Iterator[BatchPlan[Row, Tgt]]:
+    """Merge both sides and yield plans of at most `batch_size` classified keys.
+
+    Every source record and every target record is classified exactly once. Memory holds
+    one plan and one batch of each side, whatever the table sizes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    source = _transformed(source_batches, spec)
+    target = _ordered(target_batches, spec.target_key)
+    plan: BatchPlan[Row, Tgt] = BatchPlan()
+    next_target = next(target, None)
+
+    def full() -> bool:
+        return plan.size >= batch_size
+
+    for key, item in source:
+        if isinstance(item, Rejection) and not item.ordered:
+            plan.rejected.append(item)
+        else:
+            while next_target is not None and next_target[0] < key:
+                plan.orphaned.append(next_target[1])
+                next_target = next(target, None)
+                if full():
+                    yield plan
+                    plan = BatchPlan()
+            matched = next_target[1] if next_target is not None and next_target[0] == key else None
+            if matched is not None:
+                next_target = next(target, None)
+            if isinstance(item, Rejection):
+                plan.rejected.append(item)
+            elif matched is None:
+                plan.missing.append(item)  # type: ignore[arg-type]
+            else:
+                _classify_pair(spec, plan, item, matched)  # type: ignore[arg-type]
+        if full():
+            yield plan
+            plan = BatchPlan()
+    while next_target is not None:
+        plan.orphaned.append(next_target[1])
+        next_target = next(target, None)
+        if full():
+            yield plan
+            plan = BatchPlan()
+    if plan.size:
+        yield plan
+
+
+def _classify_pair(spec: SyncSpec[Raw, Row, Tgt], plan: BatchPlan[Row, Tgt], row: Row, target: Tgt) -> None:
+    change = spec.compare(row, target)
+    match change:
+        case Change.UNCHANGED:
+            plan.unchanged.append(spec.source_key(row))
+        case Change.CHANGED:
+            plan.changed.append((row, target))
+        case Change.NEWER_IN_TARGET:
+            plan.newer_in_target.append((row, target))
+        case _:
+            raise ValueError(f"compare() of {spec.name} returned {change!r} for a pair")

@@ -1,0 +1,164 @@
+"""The one sync loop both pipelines run: plan a batch, write it, report, repeat."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol
+
+from etl_defs.sync.plan import BatchPlan, Change, Raw, Rejection, Row, SyncSpec, Tgt, plan_batches
+
+SAMPLE_KEYS = 5
+MAX_REPORTED_REJECTIONS = 100
+MAX_LOGGED_REJECTIONS = 1000
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one batch's writes did (counted by the database, not assumed)."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    newer_in_target: int = 0  # the guarded write found the target newer meanwhile
+    rejected: list[Rejection] = field(default_factory=list)  # the database refused these
+
+
+class SyncEndpoints(Protocol[Raw, Row, Tgt]):
+    """The I/O of a sync: read both sides in key order, write one plan."""
+
+    #: Whether `write` deletes a plan's orphans (otherwise they are only counted).
+    prunes_orphans: bool
+
+    def source_batches(self, batch_size: int) -> Iterator[Sequence[Raw]]: ...
+
+    def target_batches(self, batch_size: int) -> Iterator[Sequence[Tgt]]: ...
+
+    def write(self, plan: BatchPlan[Row, Tgt]) -> WriteResult: ...
+
+
+@dataclass
+class SyncReport(Generic[Row, Tgt]):
+    """Figures of one sync run, with sample keys per class."""
+
+    pipeline: str
+    dry_run: bool
+    counts: dict[Change, int] = field(default_factory=lambda: dict.fromkeys(Change, 0))
+    samples: dict[Change, list[str]] = field(default_factory=lambda: {c: [] for c in Change})
+    rejections: list[Rejection] = field(default_factory=list)
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    newer_in_target_at_write: int = 0
+    rejected_at_write: int = 0
+    batches: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def source_rows(self) -> int:
+        return sum(n for change, n in self.counts.items() if change is not Change.ORPHANED)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.source_rows / self.duration_s if self.duration_s > 0 else 0.0
+
+    def add_plan(self, plan: BatchPlan, spec: SyncSpec) -> None:
+        for change in Change:
+            keys = plan.keys(change, spec)
+            self.counts[change] += len(keys)
+            room = SAMPLE_KEYS - len(self.samples[change])
+            if room > 0:
+                self.samples[change].extend(keys[:room])
+        self._add_rejections(plan.rejected)
+
+    def add_write(self, result: WriteResult) -> None:
+        self.inserted += result.inserted
+        self.updated += result.updated
+        self.deleted += result.deleted
+        self.newer_in_target_at_write += result.newer_in_target
+        self.rejected_at_write += len(result.rejected)
+        self._add_rejections(result.rejected)
+
+    def _add_rejections(self, rejections: list[Rejection]) -> None:
+        room = MAX_REPORTED_REJECTIONS - len(self.rejections)
+        if room > 0:
+            self.rejections.extend(rejections[:room])
+
+    def figures(self) -> dict[str, float | int]:
+        """Numeric figures under the same keys every run, so the UI can plot them."""
+        return {
+            "source_rows": self.source_rows,
+            **{change.value: self.counts[change] for change in Change},
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "newer_in_target_at_write": self.newer_in_target_at_write,
+            "rejected_at_write": self.rejected_at_write,
+            "batches": self.batches,
+            "duration_s": round(self.duration_s, 3),
+            "rows_per_s": round(self.rows_per_s, 1),
+        }
+
+    def summary(self) -> str:
+        """One line for logs and the terminal."""
+        head = "DRY RUN (nothing written)" if self.dry_run else "applied"
+        plan = ", ".join(f"{change.value}={self.counts[change]}" for change in Change)
+        done = f"inserted={self.inserted}, updated={self.updated}, deleted={self.deleted}"
+        return (
+            f"{self.pipeline} sync {head}: source_rows={self.source_rows}, {plan}; {done}; "
+            f"{self.duration_s:.2f}s, {self.rows_per_s:.0f} rows/s"
+        )
+
+
+def run_sync(
+    spec: SyncSpec[Raw, Row, Tgt],
+    endpoints: SyncEndpoints[Raw, Row, Tgt],
+    *,
+    batch_size: int,
+    dry_run: bool,
+    log: logging.Logger | Any,
+    batch_pause_s: float = 0.0,
+    on_batch: Callable[[BatchPlan, WriteResult | None], None] | None = None,
+) -> SyncReport[Row, Tgt]:
+    """Plan every batch and, unless `dry_run`, write it before reading on.
+
+    Each write is one transaction (PostgreSQL) or one guarded bulk write (MongoDB), so a
+    run that stops between batches leaves no half-written batch behind.
+    """
+    report: SyncReport[Row, Tgt] = SyncReport(pipeline=spec.name, dry_run=dry_run)
+    started = time.perf_counter()
+    plans = plan_batches(
+        spec, endpoints.source_batches(batch_size), endpoints.target_batches(batch_size), batch_size
+    )
+    logged_rejections = 0
+    for plan in plans:
+        report.batches += 1
+        report.add_plan(plan, spec)
+        for rejection in plan.rejected:
+            if logged_rejections < MAX_LOGGED_REJECTIONS:
+                log.warning(f"{spec.name}: rejected {rejection.key}: {rejection.reason}")
+            logged_rejections += 1
+        result = None
+        if not dry_run and (plan.missing or plan.changed or (plan.orphaned and endpoints.prunes_orphans)):
+            result = endpoints.write(plan)
+            report.add_write(result)
+            for rejection in result.rejected:
+                log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
+        if on_batch is not None:
+            on_batch(plan, result)
+        log.info(
+            f"{spec.name} batch {report.batches}: {plan.source_rows} source rows, "
+            f"missing={len(plan.missing)} changed={len(plan.changed)} orphaned={len(plan.orphaned)} "
+            f"rejected={len(plan.rejected)}"
+            + ("" if result is None else f"; inserted={result.inserted} updated={result.updated}")
+        )
+        if batch_pause_s > 0 and not dry_run:
+            time.sleep(batch_pause_s)
+    if logged_rejections > MAX_LOGGED_REJECTIONS:
+        log.warning(f"{spec.name}: {logged_rejections - MAX_LOGGED_REJECTIONS} more rejections not logged")
+    report.duration_s = time.perf_counter() - started
+    log.info(report.summary())
+    return report
+

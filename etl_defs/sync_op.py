@@ -1,0 +1,81 @@
+"""Dagster glue shared by both sync ops: config, lock, retries, figures as metadata."""
+
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from etl_defs.settings import MAX_BATCH_SIZE
+from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, run_sync
+from resources import DatabaseUnavailableError, PostgresResource
+
+#: A database that went away is retried this often, with exponential backoff.
+MAX_CONNECTION_RETRIES = 3
+RETRY_BASE_DELAY_S = 2.0
+
+
+class SyncOpConfig(dg.Config):
+    """Run config every sync op takes."""
+
+    dry_run: bool = Field(default=False, description="Plan and report, write nothing")
+    batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH_SIZE, description="Keys per batch and transaction")
+    batch_pause_ms: int = Field(default=0, ge=0, le=60_000, description="Pause after each written batch")
+
+
+def report_metadata(report: SyncReport) -> dict[str, Any]:
+    """Numeric figures (same keys every run, so the UI plots them) plus sample keys."""
+    metadata: dict[str, Any] = dict(report.figures())
+    metadata["dry_run"] = report.dry_run
+    metadata["sample_keys"] = dg.MetadataValue.json(
+        {change.value: report.samples[change] for change in Change if report.samples[change]}
+    )
+    metadata["rejections"] = dg.MetadataValue.json(
+        [{"key": r.key, "reason": r.reason} for r in report.rejections]
+    )
+    return metadata
+
+
+def run_sync_op(
+    context: dg.OpExecutionContext,
+    config: SyncOpConfig,
+    *,
+    spec: SyncSpec,
+    endpoints: SyncEndpoints,
+    lock_db: PostgresResource,
+    asset_key: dg.AssetKey,
+) -> dg.Output[dict[str, Any]]:
+    """Run one sync inside an op and report it the Dagster way.
+
+    A real run holds the pipeline's advisory lock, so two runs never write at once even
+    when one bypasses the run queue. A database that is unreachable is retried with
+    backoff; bad data is never retried (it is rejected record by record instead).
+    """
+    try:
+        if config.dry_run:
+            report = _run(context, config, spec, endpoints)
+        else:
+            with lock_db.advisory_lock(spec.name):
+                report = _run(context, config, spec, endpoints)
+    except DatabaseUnavailableError as error:
+        attempt = context.retry_number
+        if attempt >= MAX_CONNECTION_RETRIES:
+            raise
+        wait = RETRY_BASE_DELAY_S * 2**attempt
+        context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
+        raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
+    metadata = report_metadata(report)
+    if not config.dry_run:
+        context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
+    return dg.Output(report.figures(), metadata=metadata)
+
+
+def _run(context: dg.OpExecutionContext, config: SyncOpConfig, spec: SyncSpec, endpoints: SyncEndpoints) -> SyncReport:
+    return run_sync(
+        spec,
+        endpoints,
+        batch_size=config.batch_size,
+        dry_run=config.dry_run,
+        log=context.log,
+        batch_pause_s=config.batch_pause_ms / 1000,
+    )

@@ -1,0 +1,101 @@
+"""`python -m local up|seed|down|status|env|report`: the embedded local stack."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import psycopg
+from pymongo import MongoClient
+
+from local.demo_data import seed_products
+from local.schema import create_cart_schema, create_order_indexes
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError
+
+DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".local"
+
+
+def stack_from_env() -> LocalStack:
+    """The stack configured by LOCAL_STATE_DIR, LOCAL_MONGO_PORT, LOCAL_PG_PORT, LOCAL_PG_PASSWORD."""
+    return LocalStack(
+        Path(os.environ.get("LOCAL_STATE_DIR", DEFAULT_STATE_DIR)),
+        mongo_port=int(os.environ.get("LOCAL_MONGO_PORT", "27117")),
+        pg_port=int(os.environ.get("LOCAL_PG_PORT", "55432")),
+        pg_password=os.environ.get("LOCAL_PG_PASSWORD", "local-dev-only"),
+    )
+
+
+def write_env_file(stack: LocalStack) -> Path:
+    """`.local/stack.env`: the variables `make demo` and `make ui` export."""
+    dagster_home = stack.state_dir / "dagster_home"
+    dagster_home.mkdir(exist_ok=True)
+    instance_yaml = dagster_home / "dagster.yaml"
+    repo_yaml = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    instance_yaml.write_text(repo_yaml.read_text())
+    env = {**stack.env(), "DAGSTER_HOME": str(dagster_home)}
+    path = stack.state_dir / "stack.env"
+    path.write_text("".join(f"export {k}='{v}'\n" for k, v in env.items()))
+    path.chmod(0o600)
+    return path
+
+
+def prepare_schema(stack: LocalStack) -> None:
+    """The Cart tables and the Order indexes."""
+    with psycopg.connect(stack.pg_url(CART_DB)) as conn:
+        create_cart_schema(conn)
+    client = MongoClient(stack.mongo_url(ORDER_DB))
+    try:
+        create_order_indexes(client[ORDER_DB])
+    finally:
+        client.close()
+
+
+def seed(stack: LocalStack) -> None:
+    client = MongoClient(stack.mongo_url(PRODUCT_DB))
+    try:
+        with psycopg.connect(stack.pg_url(CART_DB)) as conn:
+            counts = seed_products(client[PRODUCT_DB], conn)
+    finally:
+        client.close()
+    print(
+        f"seeded {counts.products} products (+{counts.malformed} malformed documents); "
+        f"the Cart DB lacks {counts.missing_in_cart_db} and has {counts.stale_in_cart_db} stale"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__)
+    parser.add_argument("command", choices=["up", "seed", "down", "status", "report"])
+    args = parser.parse_args(argv)
+    stack = stack_from_env()
+    try:
+        match args.command:
+            case "up":
+                stack.up()
+                prepare_schema(stack)
+                env_file = write_env_file(stack)
+                for name, state in stack.status().items():
+                    print(f"{name}: {state}")
+                print(f"environment: {env_file}")
+            case "seed":
+                seed(stack)
+            case "down":
+                stack.down()
+                print("local stack stopped")
+            case "status":
+                for name, state in stack.status().items():
+                    print(f"{name}: {state}")
+            case "report":
+                from local.report import drift_report  # imports etl_defs, which needs the environment
+
+                print(drift_report(stack))
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Start and stop the embedded local stack: SecantusDB (MongoDB wire protocol) and PostgreSQL 15.
+
+Everything lives under one state folder (`.local/` by default). `down` stops exactly the
+processes `up` started, by the PIDs recorded in `state.json`. PostgreSQL refuses to run as
+root, so as root the server runs as the unprivileged user `etlsync`, created on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+from pymongo import MongoClient
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_RUN_USER = "etlsync"
+PG_SUPERUSER = "shop"
+CART_DB = "cart"
+DAGSTER_DB = "dagster"
+PRODUCT_DB = "product"
+ORDER_DB = "order"
+
+
+class StackError(RuntimeError):
+    """The local stack could not be started or stopped."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+    raise StackError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s; log:\n{tail}")
+
+
+@dataclass
+class StackState:
+    """What `up` started: ports and PIDs, persisted in `state.json`."""
+
+    mongo_port: int
+    pg_port: int
+    pg_password: str
+    mongo_pid: int | None = None
+    pg_pid: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class LocalStack:
+    """The local MongoDB and PostgreSQL servers under one state folder."""
+
+    def __init__(self, state_dir: Path, mongo_port: int, pg_port: int, pg_password: str) -> None:
+        self.state_dir = state_dir.resolve()
+        self.state = StackState(mongo_port=mongo_port, pg_port=pg_port, pg_password=pg_password)
+        saved = self._load()
+        if saved is not None:
+            self.state = saved
+
+    # ----- persisted state -----
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def _load(self) -> StackState | None:
+        if not self._state_file.exists():
+            return None
+        return StackState(**json.loads(self._state_file.read_text()))
+
+    def _save(self) -> None:
+        self._state_file.write_text(json.dumps(asdict(self.state), indent=2))
+        self._state_file.chmod(0o600)
+
+    # ----- URLs -----
+    def mongo_url(self, db: str) -> str:
+        return f"mongodb://127.0.0.1:{self.state.mongo_port}/{db}"
+
+    def pg_url(self, db: str, scheme: str = "postgresql") -> str:
+        password = quote(self.state.pg_password, safe="")
+        return f"{scheme}://{PG_SUPERUSER}:{password}@127.0.0.1:{self.state.pg_port}/{db}"
+
+    def env(self) -> dict[str, str]:
+        """The service's environment variables pointing at this stack."""
+        return {
+            "PRODUCT_SERVICE_MONGODB_URL": self.mongo_url(PRODUCT_DB),
+            "ORDER_SERVICE_MONGODB_URL": self.mongo_url(ORDER_DB),
+            "CART_DB_URL": self.pg_url(CART_DB),
+            "DAGSTER_PG_URL": self.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
+        }
+
+    # ----- lifecycle -----
+    def up(self) -> None:
+        """Start both servers (those not already running) and record their PIDs."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o755)  # the unprivileged PostgreSQL user must traverse it
+        if not _pid_alive(self.state.mongo_pid):
+            self.state.mongo_pid = self._start_mongo()
+            self._save()
+        if not _pid_alive(self.state.pg_pid):
+            self.state.pg_pid = self._start_postgres()
+            self._save()
+        self._create_databases()
+
+    def down(self) -> None:
+        """Stop the processes `up` started (by PID) and wait for them to exit."""
+        if self.state.pg_pid and _pid_alive(self.state.pg_pid):
+            os.kill(self.state.pg_pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+        if self.state.mongo_pid and _pid_alive(self.state.mongo_pid):
+            os.kill(self.state.mongo_pid, signal.SIGTERM)
+        for pid in (self.state.pg_pid, self.state.mongo_pid):
+            deadline = time.monotonic() + 30
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        self.state.pg_pid = self.state.mongo_pid = None
+        if self.state_dir.exists():
+            self._save()
+
+    def status(self) -> dict[str, str]:
+        """Each server's PID and whether it is running."""
+        return {
+            "mongodb": f"pid {self.state.mongo_pid} on 127.0.0.1:{self.state.mongo_port} "
+            + ("running" if _pid_alive(self.state.mongo_pid) else "stopped"),
+            "postgresql": f"pid {self.state.pg_pid} on 127.0.0.1:{self.state.pg_port} "
+            + ("running" if _pid_alive(self.state.pg_pid) else "stopped"),
+        }
+
+    # Individual stop/start, for fault tests and the health sensor's demo.
+    def stop_mongo(self) -> None:
+        if self.state.mongo_pid and _pid_alive(self.state.mongo_pid):
+            os.kill(self.state.mongo_pid, signal.SIGKILL)
+            while _pid_alive(self.state.mongo_pid):
+                time.sleep(0.05)
+        self.state.mongo_pid = None
+        self._save()
+
+    def start_mongo(self) -> None:
+        self.state.mongo_pid = self._start_mongo()
+        self._save()
+
+    def stop_postgres(self, mode: signal.Signals = signal.SIGINT) -> None:
+        if self.state.pg_pid and _pid_alive(self.state.pg_pid):
+            os.kill(self.state.pg_pid, mode)
+            while _pid_alive(self.state.pg_pid):
+                time.sleep(0.05)
+        self.state.pg_pid = None
+        self._save()
+
+    def start_postgres(self) -> None:
+        self.state.pg_pid = self._start_postgres()
+        self._save()
+
+    # ----- MongoDB (SecantusDB) -----
+    def _start_mongo(self) -> int:
+        server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+        if not Path(server).exists():
+            raise StackError("secantusd-py not found: install the project with its 'local' extra")
+        data = self.state_dir / "mongo"
+        data.mkdir(exist_ok=True)
+        log = self.state_dir / "mongo.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [server, "--host", "127.0.0.1", "--port", str(self.state.mongo_port),
+                 "--storage-path", str(data), "--log-level", "WARNING"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.state_dir, start_new_session=True,
+            )  # fmt: skip
+        _wait_port(self.state.mongo_port, 60, "SecantusDB", log)
+        client = MongoClient(self.mongo_url("admin"), serverSelectionTimeoutMS=30_000)
+        try:
+            client.admin.command("ping")
+        finally:
+            client.close()
+        return proc.pid
+
+    # ----- PostgreSQL -----
+    def _as_pg_user(self) -> dict[str, object]:
+        if os.geteuid() != 0:
+            return {}
+        try:
+            pwd.getpwnam(PG_RUN_USER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_RUN_USER],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        return {"user": PG_RUN_USER, "group": PG_RUN_USER, "extra_groups": []}
+
+    def _chown_to_pg_user(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(path, PG_RUN_USER, PG_RUN_USER)
+
+    def _start_postgres(self) -> int:
+        run_as = self._as_pg_user()
+        data = self.state_dir / "pgdata"
+        logs = self.state_dir / "pglog"
+        for folder in (data, logs):
+            folder.mkdir(exist_ok=True, mode=0o700)
+            self._chown_to_pg_user(folder)
+        env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        if not (data / "PG_VERSION").exists():
+            pwfile = logs / "pwfile"
+            pwfile.write_text(self.state.pg_password + "\n")
+            self._chown_to_pg_user(pwfile)
+            result = subprocess.run(
+                [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_SUPERUSER, "--pwfile", str(pwfile),
+                 "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"],
+                capture_output=True, text=True, env=env, **run_as,
+            )  # fmt: skip
+            pwfile.unlink()
+            if result.returncode != 0:
+                raise StackError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        log = logs / "postgres.log"
+        options = (
+            f"-p {self.state.pg_port} -k {data} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        result = subprocess.run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
+            capture_output=True, text=True, env=env, **run_as,
+        )  # fmt: skip
+        if result.returncode != 0:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise StackError(f"PostgreSQL did not start:\n{result.stdout}\n{result.stderr}\n{tail}")
+        return int((data / "postmaster.pid").read_text().splitlines()[0])
+
+    def _create_databases(self) -> None:
+        with psycopg.connect(self.pg_url("postgres"), autocommit=True, connect_timeout=10) as conn:
+            existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            for name in (CART_DB, DAGSTER_DB):
+                if name not in existing:
+                    conn.execute(f'CREATE DATABASE "{name}"')

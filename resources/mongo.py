@@ -1,0 +1,119 @@
+"""`MongoResource`: one pooled pymongo client per MongoDB (Product or Order service)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qs, urlsplit
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
+
+from resources.errors import DatabaseUnavailableError
+
+#: pymongo errors that mean "the server is not there", worth a retry.
+MONGO_CONNECTION_ERRORS = (ConnectionFailure, AutoReconnect, ServerSelectionTimeoutError)
+
+
+def describe_mongo_url(url: str) -> str:
+    """`host:port/db` of a MongoDB URL, without credentials or options."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    return f"{hosts}{parts.path}"
+
+
+class MongoResource(dg.ConfigurableResource):
+    """A MongoDB database reached through one pooled client.
+
+    The database is the URL's path. `username`/`password` (the old service's `MONGO_USER`
+    and `MONGO_PASSWORD`) apply when set; bind them with `dg.EnvVar` so that only the
+    variable names are stored.
+    """
+
+    url: str = Field(description="MongoDB URL whose path names the database")
+    label: str = Field(default="MongoDB", description="Name used in logs and errors, e.g. 'Product MongoDB'")
+    username: str | None = Field(default=None, description="Overrides the URL's user when set")
+    password: str | None = Field(default=None, description="Overrides the URL's password when set")
+    connect_timeout_ms: int = Field(default=5_000, ge=1)
+    socket_timeout_ms: int = Field(default=120_000, ge=1)
+    server_selection_timeout_ms: int = Field(default=5_000, ge=1)
+    max_pool_size: int = Field(default=10, ge=1)
+
+    _client: MongoClient | None = PrivateAttr(default=None)
+
+    @property
+    def where(self) -> str:
+        """What to call this database in messages: label and address, no secrets."""
+        return f"{self.label} ({describe_mongo_url(self.url)})"
+
+    def _new_client(self) -> MongoClient:
+        options: dict[str, object] = {
+            "connectTimeoutMS": self.connect_timeout_ms,
+            "socketTimeoutMS": self.socket_timeout_ms,
+            "serverSelectionTimeoutMS": self.server_selection_timeout_ms,
+            "maxPoolSize": self.max_pool_size,
+            "appname": "etl-sync",
+            "tz_aware": True,
+        }
+        if self.username:
+            options["username"] = self.username
+            options["password"] = self.password or ""
+            if "authsource" not in {k.lower() for k in parse_qs(urlsplit(self.url).query)}:
+                options["authSource"] = "admin"
+        return MongoClient(self.url, **options)
+
+    @property
+    def client(self) -> MongoClient:
+        """The pooled client, created on first use."""
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def database(self) -> Database:
+        """The database named by the URL's path."""
+        return self.client.get_default_database()
+
+    def collection(self, name: str) -> Collection:
+        """A collection of this database."""
+        return self.database()[name]
+
+    def ping(self) -> float:
+        """Round trip of a `ping` command in seconds; `DatabaseUnavailableError` when down."""
+        started = time.perf_counter()
+        with self.translated_errors():
+            self.client.admin.command("ping")
+        return time.perf_counter() - started
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """Re-raise connection failures as `DatabaseUnavailableError` naming this database."""
+        try:
+            yield
+        except MONGO_CONNECTION_ERRORS as error:
+            raise DatabaseUnavailableError(
+                f"{self.where} is unavailable: {type(error).__name__}: {_first_line(error)}"
+            ) from None
+        except PyMongoError as error:
+            if getattr(error, "timeout", False):
+                raise DatabaseUnavailableError(f"{self.where} timed out: {_first_line(error)}") from None
+            raise
+
+    def close(self) -> None:
+        """Close the client and its pool."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    # pymongo appends a topology description; the first clause says what happened.
+    return text.split(", Timeout:")[0][:300]

@@ -1,0 +1,142 @@
+"""`PostgresResource`: a pooled psycopg 3 connection source for the Cart database."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import psycopg
+import sqlalchemy as sa
+from pydantic import Field, PrivateAttr
+from sqlalchemy.engine import Engine, make_url
+
+from resources.errors import DatabaseUnavailableError, SyncAlreadyRunningError
+
+#: First half of every advisory lock key this service takes (ASCII "ETLS").
+ADVISORY_LOCK_NAMESPACE = 0x45544C53
+
+
+def sqlalchemy_url(url: str) -> sa.URL:
+    """The URL with the psycopg 3 driver, whatever PostgreSQL scheme it was given in."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def describe_postgres_url(url: str) -> str:
+    """`host:port/db` of a PostgreSQL URL, without credentials."""
+    parsed = sqlalchemy_url(url)
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+def _lock_key(name: str) -> int:
+    value = zlib.crc32(name.encode())
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The Cart service's PostgreSQL, through a small SQLAlchemy connection pool.
+
+    Callers get raw psycopg connections (`connection()`), so COPY and server-side
+    cursors are available.
+    """
+
+    url: str = Field(description="PostgreSQL URL (postgresql://user:password@host:port/db)")
+    label: str = Field(default="Cart PostgreSQL", description="Name used in logs and errors")
+    connect_timeout_s: int = Field(default=10, ge=1)
+    pool_size: int = Field(default=4, ge=1)
+    application_name: str = "etl-sync"
+
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    @property
+    def where(self) -> str:
+        """What to call this database in messages: label and address, no secrets."""
+        return f"{self.label} ({describe_postgres_url(self.url)})"
+
+    @property
+    def engine(self) -> Engine:
+        """The pooled SQLAlchemy engine, created on first use."""
+        if self._engine is None:
+            self._engine = sa.create_engine(
+                sqlalchemy_url(self.url),
+                pool_size=self.pool_size,
+                max_overflow=2,
+                pool_pre_ping=True,
+                hide_parameters=True,
+                connect_args={
+                    "connect_timeout": self.connect_timeout_s,
+                    "application_name": self.application_name,
+                    # Fail the run instead of hanging when the server vanishes mid-query.
+                    "keepalives": 1,
+                    "keepalives_idle": 10,
+                    "keepalives_interval": 5,
+                    "keepalives_count": 3,
+                },
+            )
+        return self._engine
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """Re-raise connection failures as `DatabaseUnavailableError` naming this database."""
+        try:
+            yield
+        except (psycopg.OperationalError, sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            original = getattr(error, "orig", None) or error
+            reason = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+            raise DatabaseUnavailableError(f"{self.where} is unavailable: {reason[:300]}") from None
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled psycopg connection; rolled back and returned to the pool afterwards."""
+        with self.translated_errors():
+            pooled = self.engine.raw_connection()
+        try:
+            raw: psycopg.Connection = pooled.driver_connection  # type: ignore[assignment]
+            with self.translated_errors():
+                yield raw
+        except BaseException:
+            pooled.invalidate()
+            raise
+        finally:
+            pooled.close()
+
+    def ping(self) -> float:
+        """Round trip of `SELECT 1` in seconds; `DatabaseUnavailableError` when down."""
+        started = time.perf_counter()
+        with self.connection() as conn:
+            conn.execute("SELECT 1")
+            conn.rollback()
+        return time.perf_counter() - started
+
+    @contextmanager
+    def advisory_lock(self, name: str) -> Iterator[None]:
+        """Hold a session advisory lock named `name`, or fail fast if another run has it."""
+        key = _lock_key(name)
+        with self.connection() as conn:
+            conn.autocommit = True
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, key)).fetchone()
+            if not row or not row[0]:
+                conn.autocommit = False
+                raise SyncAlreadyRunningError(
+                    f"another run holds the '{name}' sync lock on {self.where}; "
+                    "wait for it to finish (this run made no changes)"
+                )
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, key))
+                finally:
+                    conn.autocommit = False
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.dispose()
