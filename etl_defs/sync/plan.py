@@ -24,6 +24,7 @@ class Change(StrEnum):
 
     MISSING = "missing"  # in the source, not in the target: insert
     CHANGED = "changed"  # in both, target differs: update
+    OUTDATED = "outdated"  # in both, target is an older version: update
     UNCHANGED = "unchanged"  # in both, equal: nothing to do
     ORPHANED = "orphaned"  # in the target only
     REJECTED = "rejected"  # the source record cannot be transformed
@@ -64,6 +65,7 @@ class BatchPlan(Generic[Row, Tgt]):
 
     missing: list[Row] = field(default_factory=list)
     changed: list[tuple[Row, Tgt]] = field(default_factory=list)
+    outdated: list[tuple[Row, Tgt]] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     orphaned: list[Tgt] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
@@ -73,9 +75,14 @@ class BatchPlan(Generic[Row, Tgt]):
     def size(self) -> int:
         """How many keys this plan classifies."""
         return (
-            len(self.missing) + len(self.changed) + len(self.unchanged) + len(self.orphaned)
+            len(self.missing) + len(self.changed) + len(self.outdated) + len(self.unchanged) + len(self.orphaned)
             + len(self.rejected) + len(self.newer_in_target)
         )  # fmt: skip
+
+    @property
+    def has_updates(self) -> bool:
+        """Whether any source row needs writing."""
+        return bool(self.missing or self.changed or self.outdated)
 
     @property
     def source_rows(self) -> int:
@@ -89,6 +96,8 @@ class BatchPlan(Generic[Row, Tgt]):
                 return [spec.source_key(row) for row in self.missing]
             case Change.CHANGED:
                 return [spec.source_key(row) for row, _ in self.changed]
+            case Change.OUTDATED:
+                return [spec.source_key(row) for row, _ in self.outdated]
             case Change.UNCHANGED:
                 return list(self.unchanged)
             case Change.ORPHANED:
@@ -201,6 +210,8 @@ def _classify_pair(spec: SyncSpec[Raw, Row, Tgt], plan: BatchPlan[Row, Tgt], row
             plan.unchanged.append(spec.source_key(row))
         case Change.CHANGED:
             plan.changed.append((row, target))
+        case Change.OUTDATED:
+            plan.outdated.append((row, target))
         case Change.NEWER_IN_TARGET:
             plan.newer_in_target.append((row, target))
         case _:

@@ -141,7 +141,7 @@ def run_sync(
                 log.warning(f"{spec.name}: rejected {rejection.key}: {rejection.reason}")
             logged_rejections += 1
         result = None
-        if not dry_run and (plan.missing or plan.changed or (plan.orphaned and endpoints.prunes_orphans)):
+        if not dry_run and (plan.has_updates or (plan.orphaned and endpoints.prunes_orphans)):
             result = endpoints.write(plan)
             report.add_write(result)
             for rejection in result.rejected:
@@ -150,7 +150,8 @@ def run_sync(
             on_batch(plan, result)
         log.info(
             f"{spec.name} batch {report.batches}: {plan.source_rows} source rows, "
-            f"missing={len(plan.missing)} changed={len(plan.changed)} orphaned={len(plan.orphaned)} "
+            f"missing={len(plan.missing)} changed={len(plan.changed) + len(plan.outdated)} "
+            f"orphaned={len(plan.orphaned)} "
             f"rejected={len(plan.rejected)}"
             + ("" if result is None else f"; inserted={result.inserted} updated={result.updated}")
         )

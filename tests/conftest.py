@@ -1,0 +1,91 @@
+"""Real servers for the tests: SecantusDB and PostgreSQL 15, started once per session.
+
+The environment the service reads is set here, at import, before anything imports
+`etl_defs` (which validates it on import). Ports are free ports chosen now; the servers
+start on first use, so pure unit tests need no server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from local.schema import create_cart_schema, create_order_indexes
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Recognisable secrets: the secret-scan tests look for these everywhere.
+PG_TEST_PASSWORD = "pg-Secret-7f3a9c"
+
+_STATE_DIR = Path(tempfile.mkdtemp(prefix="etl-sync-test-"))
+STACK = LocalStack(_STATE_DIR, mongo_port=free_port(), pg_port=free_port(), pg_password=PG_TEST_PASSWORD)
+SERVICE_ENV = {
+    **STACK.env(),
+    "SYNC_BATCH_SIZE": "1000",
+    "CART_SYNC_BATCH_SIZE": "1000",
+    "ENABLE_SCHEDULER": "false",
+}
+os.environ.update(SERVICE_ENV)
+for name in ("CART_DB_WRITE_URL", "MONGO_USER", "MONGO_PASSWORD"):
+    os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    """Both servers, running, with the Cart schema and the Order indexes."""
+    STACK.up()
+    with psycopg.connect(STACK.pg_url(CART_DB)) as conn:
+        create_cart_schema(conn)
+    yield STACK
+    STACK.down()
+    shutil.rmtree(_STATE_DIR, ignore_errors=True)
+
+
+@dataclass
+class Databases:
+    """Handles on the three service databases, emptied for each test."""
+
+    stack: LocalStack
+    mongo: MongoClient
+
+    @property
+    def product_db(self) -> Database:
+        return self.mongo[PRODUCT_DB]
+
+    @property
+    def order_db(self) -> Database:
+        return self.mongo[ORDER_DB]
+
+    def cart_conn(self) -> psycopg.Connection:
+        """A new autocommit connection to the Cart DB (close it, or use `with`)."""
+        return psycopg.connect(self.stack.pg_url(CART_DB), autocommit=True)
+
+    def product_rows(self) -> dict[str, tuple]:
+        with self.cart_conn() as conn:
+            rows = conn.execute('SELECT id, title, price, image, "sellerId", quantity FROM product').fetchall()
+        return {row[0]: tuple(row) for row in rows}
+
+
+@pytest.fixture()
+def dbs(stack: LocalStack) -> Iterator[Databases]:
+    """Empty service databases on the session's servers."""
+    os.environ.update(SERVICE_ENV)
+    mongo = MongoClient(stack.mongo_url("admin"), serverSelectionTimeoutMS=20_000)
+    mongo[PRODUCT_DB]["products"].drop()
+    mongo[ORDER_DB]["carts"].drop()
+    create_order_indexes(mongo[ORDER_DB])
+    with psycopg.connect(stack.pg_url(CART_DB), autocommit=True) as conn:
+        create_cart_schema(conn)
+        conn.execute("TRUNCATE cart, product")
+    yield Databases(stack=stack, mongo=mongo)
+    mongo.close()
