@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +60,10 @@ def _check_cron(value: str) -> str:
     return value
 
 
-class SyncSettings(BaseSettings):
-    """Every environment variable the service reads."""
+class SyncSettings(BaseModel):
+    """Every environment variable the service reads, by its variable name."""
 
-    model_config = SettingsConfigDict(
-        case_sensitive=True, extra="ignore", populate_by_name=False, hide_input_in_errors=True
-    )
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     product_mongodb_url: str = Field(alias="PRODUCT_SERVICE_MONGODB_URL")
     order_mongodb_url: str | None = Field(default=None, alias="ORDER_SERVICE_MONGODB_URL")

@@ -1,0 +1,201 @@
+"""product_sync_job end to end on real servers, through execute_in_process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+from bson import ObjectId
+
+from etl_defs import defs
+from etl_defs.assets import CART_DB_PRODUCT
+from tests.conftest import Databases
+from tests.factories import DROP, expected_row, product_doc
+
+
+@pytest.fixture()
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def run_product_sync(instance: dg.DagsterInstance, **config: Any) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def("product_sync_job")
+    return job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+
+
+def plant_drift(dbs: Databases) -> tuple[list[dict], dict[str, tuple]]:
+    """Products in MongoDB; in PostgreSQL some missing, some stale, one orphan."""
+    docs = [product_doc() for _ in range(30)]
+    dbs.product_db.products.insert_many(docs)
+    cart_rows = {}
+    for i, doc in enumerate(docs):
+        row = expected_row(doc)
+        if i % 5 == 0:
+            continue  # missing
+        if i % 5 == 1:
+            row = (*row[:2], row[2] + 1, *row[3:])  # stale price
+        if i % 5 == 2:
+            row = (row[0], "old title", *row[2:])  # stale title
+        cart_rows[row[0]] = row
+    orphan = (str(ObjectId()), "gone", 500, "/img/gone.jpg", str(ObjectId()), 1)
+    cart_rows[orphan[0]] = orphan
+    with dbs.cart_conn() as conn, conn.cursor().copy(
+        'COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN'
+    ) as copy:
+        for row in cart_rows.values():
+            copy.write_row(row)
+    return docs, cart_rows
+
+
+def before_keys_missing(dbs: Databases) -> set[str]:
+    in_cart = set(dbs.product_rows())
+    return {str(d["_id"]) for d in dbs.product_db.products.find({}, {"_id": 1})} - in_cart
+
+
+def figures(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    return result.output_for_node("sync_products")
+
+
+def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    docs, before = plant_drift(dbs)
+    orphan_id = next(key for key, row in before.items() if row[1] == "gone")
+
+    result = run_product_sync(instance, batch_size=7)
+
+    assert result.success
+    expected = {str(d["_id"]): expected_row(d) for d in docs}
+    expected[orphan_id] = before[orphan_id]  # orphans are counted and left alone
+    assert dbs.product_rows() == expected
+    got = figures(result)
+    assert {k: got[k] for k in ("source_rows", "missing", "changed", "unchanged", "orphaned", "rejected")} == {
+        "source_rows": 30, "missing": 6, "changed": 12, "unchanged": 12, "orphaned": 1, "rejected": 0,
+    }  # fmt: skip
+    assert (got["inserted"], got["updated"]) == (6, 12)
+
+
+def test_a_real_run_records_a_materialization_with_numeric_figures(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    plant_drift(dbs)
+
+    result = run_product_sync(instance)
+
+    assert result.success
+    materializations = result.asset_materializations_for_node("sync_products")
+    assert [m.asset_key for m in materializations] == [CART_DB_PRODUCT]
+    metadata = materializations[0].metadata
+    for key in ("source_rows", "inserted", "updated", "unchanged", "orphaned", "rejected", "duration_s", "rows_per_s"):
+        assert isinstance(metadata[key].value, int | float), key
+    assert metadata["inserted"].value == 6 and metadata["updated"].value == 12
+    event = instance.get_latest_materialization_event(CART_DB_PRODUCT)
+    assert event is not None and event.run_id == result.run_id
+
+
+def test_the_second_run_writes_nothing(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    plant_drift(dbs)
+    assert run_product_sync(instance).success
+    with dbs.cart_conn() as conn:
+        xmin_before = dict(conn.execute("SELECT id, xmin::text FROM product").fetchall())
+
+    second = run_product_sync(instance)
+
+    assert second.success
+    assert (figures(second)["inserted"], figures(second)["updated"]) == (0, 0)
+    assert figures(second)["missing"] == figures(second)["changed"] == 0
+    with dbs.cart_conn() as conn:
+        assert dict(conn.execute("SELECT id, xmin::text FROM product").fetchall()) == xmin_before
+
+
+def test_a_dry_run_plans_the_same_and_writes_nothing(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    plant_drift(dbs)
+    before = dbs.product_rows()
+
+    result = run_product_sync(instance, dry_run=True)
+
+    assert result.success
+    assert dbs.product_rows() == before
+    got = figures(result)
+    assert (got["missing"], got["changed"], got["inserted"], got["updated"]) == (6, 12, 0, 0)
+    assert result.asset_materializations_for_node("sync_products") == []
+    output = next(
+        e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "sync_products"
+    )
+    samples = output.event_specific_data.metadata["sample_keys"].value
+    assert len(samples["missing"]) == 5 and len(samples["changed"]) == 5
+    assert set(samples["missing"]) <= {key for key in before_keys_missing(dbs)}
+
+
+def test_malformed_documents_are_rejected_and_their_batch_neighbours_land(
+    dbs: Databases, instance: dg.DagsterInstance
+) -> None:
+    good = [product_doc() for _ in range(6)]
+    bad = {
+        "title is missing": product_doc(title=DROP),
+        "price must be a number": product_doc(price="1999"),
+        "does not fit a PostgreSQL integer": product_doc(price=2**40),
+        "sellerId is missing": product_doc(sellerId=DROP),
+        "_id must be an ObjectId": product_doc(_id="not-an-object-id"),
+    }
+    # Interleave by _id so every batch of 4 holds good and bad documents together.
+    dbs.product_db.products.insert_many(good + list(bad.values()))
+
+    result = run_product_sync(instance, batch_size=4)
+
+    assert result.success
+    assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in good}
+    got = figures(result)
+    assert (got["rejected"], got["inserted"]) == (5, 6)
+    rejections = (
+        result.asset_materializations_for_node("sync_products")[0].metadata["rejections"].value
+    )
+    reasons = {r["key"]: r["reason"] for r in rejections}
+    for reason, doc in bad.items():
+        key = str(doc["_id"]) if isinstance(doc["_id"], ObjectId) else repr(doc["_id"])
+        assert reasons[key].startswith(reason) or reason in reasons[key], (key, reasons.get(key))
+
+
+def test_a_row_the_database_refuses_is_rejected_alone(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    docs = [product_doc() for _ in range(8)]
+    refused = docs[3]
+    dbs.product_db.products.insert_many(docs)
+    with dbs.cart_conn() as conn:
+        # A constraint the contract does not know about: only the database can refuse this row.
+        conn.execute(f"ALTER TABLE product ADD CONSTRAINT no_refused CHECK (title <> '{refused['title']}')")
+    try:
+        result = run_product_sync(instance, batch_size=8)
+    finally:
+        with dbs.cart_conn() as conn:
+            conn.execute("ALTER TABLE product DROP CONSTRAINT no_refused")
+
+    assert result.success
+    assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in docs if d is not refused}
+    got = figures(result)
+    assert (got["inserted"], got["rejected_at_write"]) == (7, 1)
+
+
+def test_a_missing_target_table_fails_the_preflight_clearly(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    with dbs.cart_conn() as conn:
+        conn.execute('ALTER TABLE product RENAME COLUMN "sellerId" TO seller')
+    try:
+        result = run_product_sync(instance)
+    finally:
+        with dbs.cart_conn() as conn:
+            conn.execute('ALTER TABLE product RENAME COLUMN seller TO "sellerId"')
+
+    assert not result.success
+    failure = result.failure_data_for_node("check_product_sync_ready")
+    assert failure is not None
+    assert "column product.sellerId is missing" in str(failure.error.message)
+
+
+def test_run_config_with_a_bad_batch_size_is_refused_before_the_run(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    job = defs.resolve_job_def("product_sync_job")
+
+    with pytest.raises(dg.DagsterError) as error:
+        job.execute_in_process(run_config={"batch_size": -1}, instance=instance)
+
+    assert "invalid run config: batch_size=-1: Input should be greater than or equal to 1" in str(
+        error.value.__cause__
+    )
+    assert instance.get_runs_count() == 0

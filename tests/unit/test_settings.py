@@ -1,0 +1,99 @@
+"""Environment validation: one model, clear errors naming the variable, secrets masked."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from etl_defs.settings import SettingsError, load_settings, mask_secrets
+from tests.conftest import REPO
+
+GOOD = {
+    "PRODUCT_SERVICE_MONGODB_URL": "mongodb://db.internal:27017/product",
+    "ORDER_SERVICE_MONGODB_URL": "mongodb://db.internal:27017/order",
+    "CART_DB_URL": "postgresql://cart:hunter2-secret@pg.internal:5432/cart",
+}
+
+
+def test_defaults_are_the_old_services() -> None:
+    settings = load_settings(GOOD)
+
+    assert settings.sync_cron_schedule == "*/30 * * * *"
+    assert settings.cart_sync_cron_schedule == "*/10 * * * *"
+    assert settings.health_check_cron_schedule == "*/5 * * * *"
+    assert settings.enable_scheduler is True
+    assert (settings.sync_batch_size, settings.cart_sync_batch_size) == (1000, 1000)
+    assert settings.timezone == "UTC"
+
+
+def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    env = {**GOOD, "CART_DB_WRITE_URL": "postgresql://w:x@primary:5432/cart"}
+    del env["ORDER_SERVICE_MONGODB_URL"]
+
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings(env)
+
+    assert settings.cart_db_url_env == "CART_DB_WRITE_URL"
+    assert settings.order_url_env == "PRODUCT_SERVICE_MONGODB_URL"
+    assert "ORDER_SERVICE_MONGODB_URL is not set" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SYNC_BATCH_SIZE", "abc", "SYNC_BATCH_SIZE='abc' Input should be a valid integer"),
+        ("SYNC_BATCH_SIZE", "0", "SYNC_BATCH_SIZE='0' Input should be greater than or equal to 1"),
+        ("CART_SYNC_BATCH_SIZE", "-5", "CART_SYNC_BATCH_SIZE='-5' Input should be greater than or equal to 1"),
+        ("SYNC_CRON_SCHEDULE", "every minute", "SYNC_CRON_SCHEDULE='every minute' is not a five-field cron"),
+        ("CART_SYNC_CRON_SCHEDULE", "61 * * * *", "CART_SYNC_CRON_SCHEDULE='61 * * * *' is not a five-field cron"),
+        ("HEALTH_CHECK_CRON_SCHEDULE", "* * *", "HEALTH_CHECK_CRON_SCHEDULE='* * *' is not a five-field cron"),
+        ("TIMEZONE", "Mars/Olympus", "TIMEZONE='Mars/Olympus' is not a known IANA timezone"),
+        ("ENABLE_SCHEDULER", "maybe", "ENABLE_SCHEDULER='maybe' Input should be a valid boolean"),
+        ("PRODUCT_SERVICE_MONGODB_URL", "http://x:27017/p", "PRODUCT_SERVICE_MONGODB_URL='http://x:27017/p' is not a MongoDB URL"),
+        ("ORDER_SERVICE_MONGODB_URL", "mongodb://host:27017", "ORDER_SERVICE_MONGODB_URL='mongodb://host:27017' names no database"),
+        ("CART_DB_URL", "mysql://u:topsecret@h/db", "CART_DB_URL='mysql://u:***@h/db' is not a PostgreSQL URL"),
+        ("CART_DB_WRITE_URL", "postgresql://u:topsecret@h:port/db", "CART_DB_WRITE_URL='postgresql://u:***@h:port/db' is not a PostgreSQL URL (bad port)"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_value(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings({**GOOD, name: value})
+
+    assert message in str(error.value)
+    assert "topsecret" not in str(error.value)
+
+
+def test_a_missing_url_is_named() -> None:
+    env = {k: v for k, v in GOOD.items() if k != "CART_DB_URL"}
+
+    with pytest.raises(SettingsError, match="CART_DB_URL is required but not set"):
+        load_settings(env)
+
+
+def test_every_bad_variable_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings({**GOOD, "SYNC_BATCH_SIZE": "x", "TIMEZONE": "Nowhere"})
+
+    assert "SYNC_BATCH_SIZE='x'" in str(error.value) and "TIMEZONE='Nowhere'" in str(error.value)
+
+
+def test_mask_secrets_hides_url_passwords_only() -> None:
+    assert mask_secrets("see postgresql://u:p%40ss@h:1/db now") == "see postgresql://u:***@h:1/db now"
+    assert mask_secrets("mongodb://h:27017/db") == "mongodb://h:27017/db"
+
+
+def test_importing_etl_defs_with_a_bad_value_fails_naming_it_and_hiding_the_password() -> None:
+    env = {**GOOD, "PATH": "/usr/bin:/bin", "SYNC_BATCH_SIZE": "abc",
+           "CART_DB_URL": "ftp://cart:hunter2-secret@pg.internal/cart"}  # fmt: skip
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import etl_defs"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode != 0
+    assert "SYNC_BATCH_SIZE='abc'" in result.stderr
+    assert "CART_DB_URL='ftp://cart:***@pg.internal/cart' is not a PostgreSQL URL" in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
