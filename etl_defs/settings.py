@@ -41,14 +41,14 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> str:
     parts = urlsplit(value)
     if parts.scheme.lower() not in schemes:
         raise ValueError(f"is not a {what} URL (expected a scheme of {', '.join(schemes)})")
-    if not parts.hostname and parts.scheme.lower() != "mongodb+srv":
-        raise ValueError(f"is not a {what} URL (no host)")
-    if parts.scheme.lower() == "mongodb+srv" and not parts.hostname:
-        raise ValueError(f"is not a {what} URL (no host)")
-    try:
-        parts.port  # noqa: B018 - raises on a non-numeric port
-    except ValueError:
-        raise ValueError(f"is not a {what} URL (bad port)") from None
+    # MongoDB URLs may list several hosts (a replica set): check each host[:port].
+    hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
+    for host in hosts:
+        name, _, port = host.rpartition(":") if ":" in host and not host.endswith("]") else (host, "", "")
+        if not name.strip("[]"):
+            raise ValueError(f"is not a {what} URL (no host)")
+        if port and not port.isdigit():
+            raise ValueError(f"is not a {what} URL (bad port)")
     if what == "MongoDB" and not parts.path.strip("/"):
         raise ValueError("names no database (put it in the path, e.g. mongodb://host:27017/product)")
     return value

@@ -66,6 +66,18 @@ def test_a_bad_value_names_the_variable_and_the_value(name: str, value: str, mes
     assert "topsecret" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://db1:27017,db2:27017,db3:27017/product?replicaSet=rs0",
+        "mongodb+srv://cluster0.example.net/product?retryWrites=true",
+        "mongodb://[::1]:27017/product",
+    ],
+)
+def test_production_mongodb_url_forms_are_accepted(url: str) -> None:
+    assert load_settings({**GOOD, "PRODUCT_SERVICE_MONGODB_URL": url}).product_mongodb_url == url
+
+
 def test_a_missing_url_is_named() -> None:
     env = {k: v for k, v in GOOD.items() if k != "CART_DB_URL"}
 
