@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import AutoReconnect, ConnectionFailure, CursorNotFound, PyMongoError, ServerSelectionTimeoutError
 
 from resources.errors import DatabaseUnavailableError
 
@@ -98,6 +98,12 @@ class MongoResource(dg.ConfigurableResource):
             raise DatabaseUnavailableError(
                 f"{self.where} is unavailable: {type(error).__name__}: {_first_line(error)}"
             ) from None
+        except CursorNotFound as error:
+            # The server lost an open cursor: it restarted or failed over mid-read (or timed it out).
+            raise DatabaseUnavailableError(
+                f"{self.where} is unavailable: it lost the open cursor (restarted or failed over): "
+                f"{type(error).__name__}: {_first_line(error)}"
+            ) from None
         except PyMongoError as error:
             if getattr(error, "timeout", False):
                 raise DatabaseUnavailableError(f"{self.where} timed out: {_first_line(error)}") from None
@@ -115,5 +121,5 @@ class MongoResource(dg.ConfigurableResource):
 
 def _first_line(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
-    # pymongo appends a topology description; the first clause says what happened.
-    return text.split(", Timeout:")[0][:300]
+    # pymongo appends a topology description or the server's full reply; the first clause says what happened.
+    return text.split(", Timeout:")[0].split(", full error:")[0][:300]
