@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import dagster as dg
 import psycopg
@@ -90,14 +90,22 @@ class PostgresResource(dg.ConfigurableResource):
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled psycopg connection; rolled back and returned to the pool afterwards."""
+        """A pooled psycopg connection; rolled back and returned to the pool afterwards.
+
+        After any error or interrupt the connection is discarded, and a statement still
+        running on the server is cancelled first, so its transaction ends now (rolled back)
+        instead of holding its locks until the statement finishes.
+        """
         with self.translated_errors():
             pooled = self.engine.raw_connection()
+        raw: psycopg.Connection = pooled.driver_connection  # type: ignore[assignment]
         try:
-            raw: psycopg.Connection = pooled.driver_connection  # type: ignore[assignment]
             with self.translated_errors():
                 yield raw
         except BaseException:
+            if raw.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                with suppress(Exception):
+                    raw.cancel_safe(timeout=self.connect_timeout_s)
             pooled.invalidate()
             raise
         finally:
