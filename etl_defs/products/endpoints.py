@@ -105,10 +105,10 @@ class ProductSyncEndpoints:
         result = WriteResult()
         with self.cart_db.connection() as conn:
             conn.autocommit = True
-            try:
-                self._write_isolating_bad_rows(conn, rows, result)
-            finally:
-                conn.autocommit = False
+            self._write_isolating_bad_rows(conn, rows, result)
+            # Not in a `finally`: after a failure the connection may be mid-statement or broken,
+            # where this would raise over the real error; `connection()` discards it then anyway.
+            conn.autocommit = False
         return result
 
     def _write_isolating_bad_rows(self, conn: psycopg.Connection, rows: list[ProductRow], result: WriteResult) -> None:
