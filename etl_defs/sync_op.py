@@ -60,7 +60,12 @@ def run_sync_op(
     except DatabaseUnavailableError as error:
         attempt = context.retry_number
         if attempt >= MAX_CONNECTION_RETRIES:
-            raise
+            # A Failure's description is the step failure's message: the database, not a wrapper.
+            raise dg.Failure(
+                description=f"{error} (gave up after {attempt} retries; batches written before the fault "
+                "stay written; run the sync again once the database is back to repair the rest)",
+                allow_retries=False,
+            ) from error
         wait = RETRY_BASE_DELAY_S * 2**attempt
         context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
         raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
