@@ -1,18 +1,23 @@
 """Dagster glue shared by both sync ops: config, lock, retries, figures as metadata."""
 
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from etl_defs.settings import MAX_BATCH_SIZE
-from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, run_sync
+from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, SyncStopped, run_sync
 from resources import DatabaseUnavailableError, PostgresResource
 
 #: A database that went away is retried this often, with exponential backoff.
 MAX_CONNECTION_RETRIES = 3
 RETRY_BASE_DELAY_S = 2.0
+#: How often, at most, a sync asks the instance whether its run is being terminated.
+TERMINATION_POLL_S = 1.0
+_TERMINATING = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 
 
 class SyncOpConfig(dg.Config):
@@ -57,6 +62,10 @@ def run_sync_op(
         else:
             with lock_db.advisory_lock(spec.name):
                 report = _run(context, config, spec, endpoints)
+    except SyncStopped as stopped:
+        # Dagster's own way to end a terminated step: the run ends CANCELED, not FAILED.
+        context.log.warning(str(stopped))
+        raise dg.DagsterExecutionInterruptedError(str(stopped)) from None
     except DatabaseUnavailableError as error:
         attempt = context.retry_number
         if attempt >= MAX_CONNECTION_RETRIES:
@@ -75,6 +84,33 @@ def run_sync_op(
     return dg.Output(report.figures(), metadata=metadata)
 
 
+def termination_requested(context: dg.OpExecutionContext) -> Callable[[], str | None]:
+    """Whether this run is being terminated (the UI's Terminate, the `terminateRun` mutation).
+
+    Asked between batches. A launched run is also interrupted by a signal, but nothing can
+    signal a run started with `dagster job execute`: Dagster only marks it CANCELING. So the
+    sync reads its run's status itself, at most every `TERMINATION_POLL_S` seconds.
+    """
+    last_check = time.monotonic()
+
+    def requested() -> str | None:
+        nonlocal last_check
+        now = time.monotonic()
+        if now - last_check < TERMINATION_POLL_S:
+            return None
+        last_check = now
+        try:
+            run = context.instance.get_run_by_id(context.run_id)
+        except Exception as error:  # noqa: BLE001 - a best-effort check must not fail the sync
+            context.log.warning(f"could not read this run's status to check for termination: {error}")
+            return None
+        if run is not None and run.status in _TERMINATING:
+            return f"termination requested: the run is {run.status.value}"
+        return None
+
+    return requested
+
+
 def _run(context: dg.OpExecutionContext, config: SyncOpConfig, spec: SyncSpec, endpoints: SyncEndpoints) -> SyncReport:
     return run_sync(
         spec,
@@ -83,4 +119,5 @@ def _run(context: dg.OpExecutionContext, config: SyncOpConfig, spec: SyncSpec, e
         dry_run=config.dry_run,
         log=context.log,
         batch_pause_s=config.batch_pause_ms / 1000,
+        stop_requested=termination_requested(context),
     )

@@ -1,7 +1,7 @@
 """The shared sync core: pure planning (`plan`) and the batch loop (`runner`)."""
 
 from etl_defs.sync.plan import BatchPlan, Change, KeyOrderError, Rejection, SyncSpec, plan_batches
-from etl_defs.sync.runner import SyncEndpoints, SyncReport, WriteResult, run_sync
+from etl_defs.sync.runner import SyncEndpoints, SyncReport, SyncStopped, WriteResult, run_sync
 
 __all__ = [
     "BatchPlan",
@@ -11,6 +11,7 @@ __all__ = [
     "SyncEndpoints",
     "SyncReport",
     "SyncSpec",
+    "SyncStopped",
     "WriteResult",
     "plan_batches",
     "run_sync",

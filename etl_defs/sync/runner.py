@@ -26,6 +26,10 @@ class WriteResult:
     rejected: list[Rejection] = field(default_factory=list)  # the database refused these
 
 
+class SyncStopped(RuntimeError):
+    """The sync was asked to stop and did, between two batches: every written batch is whole."""
+
+
 class SyncEndpoints(Protocol[Raw, Row, Tgt]):
     """The I/O of a sync: read both sides in key order, write one plan."""
 
@@ -121,45 +125,72 @@ def run_sync(
     log: logging.Logger | Any,
     batch_pause_s: float = 0.0,
     on_batch: Callable[[BatchPlan, WriteResult | None], None] | None = None,
+    stop_requested: Callable[[], str | None] | None = None,
 ) -> SyncReport[Row, Tgt]:
     """Plan every batch and, unless `dry_run`, write it before reading on.
 
     Each write is one transaction (PostgreSQL) or one guarded bulk write (MongoDB), so a
-    run that stops between batches leaves no half-written batch behind.
+    run that stops between batches leaves no half-written batch behind. `stop_requested`
+    is asked before each batch; when it gives a reason, the sync raises `SyncStopped` there.
     """
     report: SyncReport[Row, Tgt] = SyncReport(pipeline=spec.name, dry_run=dry_run)
     started = time.perf_counter()
-    plans = plan_batches(
-        spec, endpoints.source_batches(batch_size), endpoints.target_batches(batch_size), batch_size
-    )
+    source = endpoints.source_batches(batch_size)
+    target = endpoints.target_batches(batch_size)
+    plans = plan_batches(spec, source, target, batch_size)
     logged_rejections = 0
-    for plan in plans:
-        report.batches += 1
-        report.add_plan(plan, spec)
-        for rejection in plan.rejected:
-            if logged_rejections < MAX_LOGGED_REJECTIONS:
-                log.warning(f"{spec.name}: rejected {rejection.key}: {rejection.reason}")
-            logged_rejections += 1
-        result = None
-        if not dry_run and (plan.has_updates or (plan.orphaned and endpoints.prunes_orphans)):
-            result = endpoints.write(plan)
-            report.add_write(result)
-            for rejection in result.rejected:
-                log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
-        if on_batch is not None:
-            on_batch(plan, result)
-        log.info(
-            f"{spec.name} batch {report.batches}: {plan.source_rows} source rows, "
-            f"missing={len(plan.missing)} changed={len(plan.changed) + len(plan.outdated)} "
-            f"orphaned={len(plan.orphaned)} "
-            f"rejected={len(plan.rejected)}"
-            + ("" if result is None else f"; inserted={result.inserted} updated={result.updated}")
-        )
-        if batch_pause_s > 0 and not dry_run:
-            time.sleep(batch_pause_s)
+    try:
+        for plan in plans:
+            if stop_requested is not None and (reason := stop_requested()):
+                raise SyncStopped(
+                    f"{spec.name} sync stopped between batches ({reason}) after {report.batches} batches: "
+                    f"inserted={report.inserted}, updated={report.updated}, deleted={report.deleted}; "
+                    "the next run repairs the rest"
+                )
+            report.batches += 1
+            report.add_plan(plan, spec)
+            for rejection in plan.rejected:
+                if logged_rejections < MAX_LOGGED_REJECTIONS:
+                    log.warning(f"{spec.name}: rejected {rejection.key}: {rejection.reason}")
+                logged_rejections += 1
+            result = None
+            if not dry_run and (plan.has_updates or (plan.orphaned and endpoints.prunes_orphans)):
+                result = endpoints.write(plan)
+                report.add_write(result)
+                for rejection in result.rejected:
+                    log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
+            if on_batch is not None:
+                on_batch(plan, result)
+            log.info(
+                f"{spec.name} batch {report.batches}: {plan.source_rows} source rows, "
+                f"missing={len(plan.missing)} changed={len(plan.changed) + len(plan.outdated)} "
+                f"orphaned={len(plan.orphaned)} "
+                f"rejected={len(plan.rejected)}"
+                + ("" if result is None else f"; inserted={result.inserted} updated={result.updated}")
+            )
+            if batch_pause_s > 0 and not dry_run:
+                time.sleep(batch_pause_s)
+    finally:
+        # Release both reads now, not whenever the garbage collector finalizes them.
+        _close_streams(spec, log, source, target)
     if logged_rejections > MAX_LOGGED_REJECTIONS:
         log.warning(f"{spec.name}: {logged_rejections - MAX_LOGGED_REJECTIONS} more rejections not logged")
     report.duration_s = time.perf_counter() - started
     log.info(report.summary())
     return report
 
+
+def _close_streams(spec: SyncSpec, log: logging.Logger | Any, *streams: object) -> None:
+    """Close the endpoints' read streams (cursors, pooled connections) at the end of a sync.
+
+    After a fault, closing a cursor on a dead connection fails too: that is logged at debug
+    level rather than raised over the error that stopped the sync.
+    """
+    for stream in streams:
+        close = getattr(stream, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as error:  # noqa: BLE001 - the sync already ended; keep its own error
+            log.debug(f"{spec.name}: closing a read stream after the sync ended failed: {error}")
