@@ -1,0 +1,128 @@
+"""product_sync_job while its databases fail: nothing half-written, clear errors, one re-run converges.
+
+Each test plants 3000 products with drift (a third missing in the Cart DB, a third stale,
+a third right, plus orphans), runs the job slowly (150 keys a batch, 150 ms apart) in a
+thread, breaks a server once some batches are committed, and checks: batches are whole
+and in order; the run retried and succeeded, or failed naming the database; after the
+server is back one re-run leaves every row as expected, no duplicate key, and the rows
+that were right before untouched (same `xmin`).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from etl_defs import sync_op
+from tests.faults.conftest import (
+    FaultStack,
+    StartJob,
+    assert_names_the_database,
+    retries,
+    step_failure_message,
+    sync_sessions,
+    wait_until,
+    write_held_mid_statement,
+)
+from tests.faults.scenarios import ProductScenario
+
+pytestmark = pytest.mark.faults
+
+PRODUCTS = 3000
+BATCH = 150
+SLOW = {"batch_size": BATCH, "batch_pause_ms": 150}
+
+
+def start_slow_sync(faults: FaultStack, start_job: StartJob) -> tuple[ProductScenario, object]:
+    scenario = ProductScenario.plant(faults, PRODUCTS, BATCH)
+    run = start_job("product_sync_job", SLOW)
+    wait_until("3 batches are committed", lambda: scenario.applied_batches() >= 3)
+    return scenario, run
+
+
+def rerun(start_job: StartJob) -> None:
+    result = start_job("product_sync_job", {"batch_size": BATCH}).result()
+    assert result.success, result.get_step_failure_events()
+
+
+def assert_retried_and_succeeded(result: dg.ExecuteInProcessResult) -> None:
+    assert result.success, result.get_step_failure_events()
+    assert retries(result, "sync_products") >= 1
+
+
+def test_postgres_stopped_mid_write(faults: FaultStack, start_job: StartJob, short_retries: None) -> None:
+    scenario, run = start_slow_sync(faults, start_job)
+    with write_held_mid_statement(faults, "product"):
+        committed = scenario.applied_batches()
+        faults.main.stop_postgres()
+    result = run.result()
+
+    assert not result.success
+    message = step_failure_message(result, "sync_products")
+    assert_names_the_database(message, f"Cart PostgreSQL (127.0.0.1:{faults.main.state.pg_port}/cart) is unavailable")
+    assert "gave up after 3 retries" in message
+    assert retries(result, "sync_products") == sync_op.MAX_CONNECTION_RETRIES
+    faults.ensure_up()
+    assert scenario.assert_stopped_part_way(3) == committed  # the batch in flight was rolled back
+
+    rerun(start_job)
+
+    scenario.assert_converged()
+
+
+def test_postgres_back_within_the_retry_window(faults: FaultStack, start_job: StartJob) -> None:
+    scenario, run = start_slow_sync(faults, start_job)
+    with write_held_mid_statement(faults, "product"):
+        faults.main.stop_postgres()
+    faults.main.start_postgres()
+    result = run.result()
+
+    assert_retried_and_succeeded(result)
+    scenario.assert_converged()
+
+
+def test_connections_cut_mid_write(faults: FaultStack, start_job: StartJob) -> None:
+    """The server stays up but ends the sync's sessions (a failover, a session killer, a DBA)."""
+    scenario, run = start_slow_sync(faults, start_job)
+    with write_held_mid_statement(faults, "product") as blocker:
+        committed = scenario.applied_batches()
+        blocker.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'etl-sync'")
+        wait_until("the sync's sessions are gone", lambda: sync_sessions(faults) == 0)
+        assert scenario.applied_batches() == committed  # the batch in flight was rolled back
+    result = run.result()
+
+    assert_retried_and_succeeded(result)
+    scenario.assert_converged()
+
+
+def test_product_mongodb_stopped_mid_run(
+    faults: FaultStack, start_job: StartJob, short_retries: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each attempt waits 5s for a MongoDB that is not there; one retry shows the same as three.
+    monkeypatch.setattr("etl_defs.sync_op.MAX_CONNECTION_RETRIES", 1)
+    scenario, run = start_slow_sync(faults, start_job)
+
+    faults.main.stop_mongo()
+    result = run.result()
+
+    assert not result.success
+    message = step_failure_message(result, "sync_products")
+    assert_names_the_database(message, f"Product MongoDB (127.0.0.1:{faults.main.state.mongo_port}/product) is unavailable")
+    assert retries(result, "sync_products") == 1
+    scenario.assert_stopped_part_way(3)
+
+    faults.ensure_up()
+    rerun(start_job)
+
+    scenario.assert_converged()
+
+
+def test_product_mongodb_back_within_the_retry_window(faults: FaultStack, start_job: StartJob) -> None:
+    scenario, run = start_slow_sync(faults, start_job)
+
+    faults.main.stop_mongo()
+    faults.main.start_mongo()  # its open cursor is gone: CursorNotFound, retried like a lost connection
+    result = run.result()
+
+    assert_retried_and_succeeded(result)
+    scenario.assert_converged()
