@@ -1,0 +1,1 @@
+"""Cart sync: Cart PostgreSQL `cart` LEFT JOIN `product` -> Order MongoDB `carts`."""

@@ -1,0 +1,224 @@
+"""I/O of the cart sync: Cart PostgreSQL `cart` LEFT JOIN `product` -> Order MongoDB `carts`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from pymongo import InsertOne, UpdateOne
+from pymongo.errors import BulkWriteError
+
+from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow, JoinedCart, cart_doc_key
+from etl_defs.products.endpoints import product_schema_problems
+from etl_defs.sync.plan import BatchPlan, Rejection
+from etl_defs.sync.runner import WriteResult
+from resources import MongoResource, PostgresResource
+
+ORDER_CARTS = "carts"
+#: The Order service's unique index on `cartId`; the target scan walks it (`hint`).
+CART_ID_INDEX = "cartId_1"
+#: MongoDB's duplicate-key error codes.
+DUPLICATE_KEY_CODES = frozenset({11000, 11001, 12582})
+
+EXPECTED_CART_TYPES = {
+    "id": "uuid",
+    "quantity": "integer",
+    "userId": "character varying",
+    "version": "integer",
+    "productId": "character varying",
+}
+
+_SELECT = (
+    'SELECT c.id::text, c."userId", c."productId", c.quantity, c.version, p.id IS NOT NULL, '
+    'p.title, p.price, p.image, p."sellerId", p.quantity '
+    'FROM cart c LEFT JOIN product p ON p.id = c."productId"'
+)
+# uuid order is byte order of the 16 bytes, which is the order of their lowercase text.
+SCAN_SQL = f"{_SELECT} ORDER BY c.id"
+SCAN_ONE_USER_SQL = f'{_SELECT} WHERE c."userId" = %s ORDER BY c.id'
+STILL_IN_CART_DB_SQL = "SELECT id::text FROM cart WHERE id = ANY(%s::uuid[])"
+
+
+def cart_schema_problems(conn: psycopg.Connection) -> list[str]:
+    """What is wrong with the Cart DB's `cart` and `product` tables for this sync (empty when fine)."""
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'cart'"
+    ).fetchall()
+    conn.rollback()
+    problems = []
+    if not rows:
+        problems.append("table 'cart' does not exist")
+    else:
+        found = dict(rows)
+        for column, expected in EXPECTED_CART_TYPES.items():
+            if column not in found:
+                problems.append(f"column cart.{column} is missing")
+            elif found[column] != expected:
+                problems.append(f"column cart.{column} is {found[column]}, expected {expected}")
+    return problems + product_schema_problems(conn)
+
+
+def order_index_problems(order_db: MongoResource) -> list[str]:
+    """What is wrong with the Order DB's `carts` indexes for this sync (empty when fine)."""
+    with order_db.translated_errors():
+        indexes = {index["name"]: index for index in order_db.collection(ORDER_CARTS).list_indexes()}
+    index = indexes.get(CART_ID_INDEX)
+    if index is None:
+        return [f"collection {ORDER_CARTS} has no index {CART_ID_INDEX} (unique on cartId)"]
+    if list(dict(index["key"]).items()) != [("cartId", 1)] or not index.get("unique"):
+        return [f"index {ORDER_CARTS}.{CART_ID_INDEX} is not a unique ascending index on cartId"]
+    return []
+
+
+def _now() -> datetime:
+    """Now, at MongoDB's precision (milliseconds), so what is written is what is read back."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _is_canonical_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+class CartSyncEndpoints:
+    """Streams joined carts from PostgreSQL and `carts` documents from MongoDB; writes in bulk.
+
+    `user_id` (a value, never spliced into a query) narrows both sides to one user's carts.
+    Orphans are deleted only when `prune_orphans` is true.
+    """
+
+    def __init__(
+        self,
+        cart_db: PostgresResource,
+        order_db: MongoResource,
+        user_id: str | None = None,
+        prune_orphans: bool = False,
+    ) -> None:
+        self.cart_db = cart_db
+        self.order_db = order_db
+        self.user_id = user_id
+        self.prunes_orphans = prune_orphans
+
+    @property
+    def _user_filter(self) -> dict[str, Any]:
+        return {} if self.user_id is None else {"userId": self.user_id}
+
+    def source_batches(self, batch_size: int) -> Iterator[Sequence[JoinedCart]]:
+        """Carts joined with their product in `cart.id` order, through a server-side cursor."""
+        with self.cart_db.connection() as conn:
+            conn.autocommit = False
+            with conn.cursor(name="cart_sync_scan") as cursor:
+                cursor.itersize = batch_size
+                if self.user_id is None:
+                    cursor.execute(SCAN_SQL)
+                else:
+                    cursor.execute(SCAN_ONE_USER_SQL, (self.user_id,))
+                while rows := cursor.fetchmany(batch_size):
+                    yield [JoinedCart._make(row) for row in rows]
+            conn.rollback()
+
+    def target_batches(self, batch_size: int) -> Iterator[Sequence[dict[str, Any]]]:
+        """Order `carts` documents in `cartId` order (the `cartId_1` index walk).
+
+        Only string `cartId`s take part: the Cart DB's keys are uuids as text, and mixing
+        BSON types would break the byte order the merge relies on.
+        """
+        query = {"cartId": {"$type": "string"}, **self._user_filter}
+        with self.order_db.translated_errors():
+            cursor = (
+                self.order_db.collection(ORDER_CARTS)
+                .find(query, CART_DOC_PROJECTION)
+                .sort("cartId", 1)
+                .hint(CART_ID_INDEX)
+                .batch_size(batch_size)
+            )
+            batch: list[dict[str, Any]] = []
+            for doc in cursor:
+                batch.append(doc)
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    def write(self, plan: BatchPlan[CartRow, Mapping[str, Any]]) -> WriteResult:
+        """One unordered bulk write: insert missing, update outdated and changed under a version guard.
+
+        A duplicate `cartId` on insert (another writer was first) and a guarded update that
+        matches nothing (the target became equal or newer meanwhile) count as
+        `newer_in_target`; any other refusal rejects that cart alone. Orphans are deleted
+        only when pruning, and only those still absent from the Cart DB right now.
+        """
+        result = WriteResult()
+        now = _now()
+        keys: list[str] = []
+        ops: list[InsertOne | UpdateOne] = []
+        for row in plan.missing:
+            keys.append(row.cartId)
+            ops.append(InsertOne({**row.fields(), "createdAt": now, "updatedAt": now}))
+        inserts = len(ops)
+        for row, _ in plan.outdated:
+            keys.append(row.cartId)
+            older = {"$or": [{"version": {"$lt": row.version}}, {"version": {"$not": {"$type": "number"}}}]}
+            ops.append(UpdateOne({"cartId": row.cartId, **self._user_filter, **older}, self._update(row, now)))
+        for row, _ in plan.changed:
+            keys.append(row.cartId)
+            ops.append(UpdateOne({"cartId": row.cartId, **self._user_filter, "version": row.version}, self._update(row, now)))
+        if ops:
+            self._bulk_write(ops, keys, inserts, result)
+        if self.prunes_orphans and plan.orphaned:
+            self._prune([cart_doc_key(doc) for doc in plan.orphaned], result)
+        return result
+
+    @staticmethod
+    def _update(row: CartRow, now: datetime) -> dict[str, Any]:
+        fields = row.fields()
+        del fields["cartId"]
+        return {"$set": {**fields, "updatedAt": now}}
+
+    def _bulk_write(self, ops: list[InsertOne | UpdateOne], keys: list[str], inserts: int, result: WriteResult) -> None:
+        with self.order_db.translated_errors():
+            try:
+                details = self.order_db.collection(ORDER_CARTS).bulk_write(ops, ordered=False).bulk_api_result
+            except BulkWriteError as error:
+                details = error.details
+        if details.get("writeConcernErrors"):
+            raise RuntimeError(f"{self.order_db.where} reported write concern errors: {details['writeConcernErrors']}")
+        result.inserted += details["nInserted"]
+        result.updated += details["nMatched"]
+        failed_updates = 0
+        for error in details.get("writeErrors", []):
+            index = error["index"]
+            if index >= inserts:
+                failed_updates += 1
+            if error.get("code") in DUPLICATE_KEY_CODES:
+                result.newer_in_target += 1
+            else:
+                message = str(error.get("errmsg", "unknown error"))[:300]
+                result.rejected.append(Rejection(keys[index], f"MongoDB refused the document: {message}"))
+        result.newer_in_target += (len(ops) - inserts) - details["nMatched"] - failed_updates
+
+    def _prune(self, keys: list[str], result: WriteResult) -> None:
+        gone = self._absent_from_cart_db(keys)
+        if not gone:
+            return
+        with self.order_db.translated_errors():
+            deleted = self.order_db.collection(ORDER_CARTS).delete_many({"cartId": {"$in": gone}, **self._user_filter})
+        result.deleted += deleted.deleted_count
+
+    def _absent_from_cart_db(self, keys: list[str]) -> list[str]:
+        """Those of `keys` that are not in the Cart DB now (a cart created since the scan stays)."""
+        candidates = [key for key in keys if _is_canonical_uuid(key)]
+        present: set[str] = set()
+        if candidates:
+            with self.cart_db.connection() as conn:
+                present = {row[0] for row in conn.execute(STILL_IN_CART_DB_SQL, (candidates,))}
+                conn.rollback()
+        return [key for key in keys if key not in present]

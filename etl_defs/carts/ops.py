@@ -1,0 +1,68 @@
+"""Ops of the cart sync."""
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from etl_defs.assets import ORDER_DB_CARTS
+from etl_defs.carts.endpoints import CartSyncEndpoints, cart_schema_problems, order_index_problems
+from etl_defs.carts.transform import cart_doc_key, cart_key, compare_carts, transform_cart
+from etl_defs.sync import SyncSpec
+from etl_defs.sync_op import SyncOpConfig, run_sync_op
+from resources import MongoResource, PostgresResource
+
+CART_SYNC = SyncSpec(
+    name="carts",
+    transform=transform_cart,
+    source_key=cart_key,
+    target_key=cart_doc_key,
+    compare=compare_carts,
+)
+
+
+class CartSyncOpConfig(SyncOpConfig):
+    """Run config of the cart sync op."""
+
+    user_id: str | None = Field(
+        default=None, min_length=1, description="Only this user's carts, on both sides (default: every cart)"
+    )
+    prune_orphans: bool = Field(
+        default=False, description="Delete Order DB carts that are no longer in the Cart DB (default: only count them)"
+    )
+
+
+@dg.op(description="Check that the Cart PostgreSQL and the Order MongoDB answer, and their tables and indexes fit.")
+def check_cart_sync_ready(context: dg.OpExecutionContext, cart_db: PostgresResource, order_db: MongoResource) -> None:
+    context.log.info(f"{cart_db.where} answered in {cart_db.ping() * 1000:.1f} ms")
+    context.log.info(f"{order_db.where} answered in {order_db.ping() * 1000:.1f} ms")
+    with cart_db.connection() as conn:
+        problems = cart_schema_problems(conn)
+    problems += order_index_problems(order_db)
+    if problems:
+        raise dg.Failure(
+            description=f"{cart_db.where} -> {order_db.where} cannot take the cart sync: " + "; ".join(problems),
+            allow_retries=False,
+        )
+
+
+@dg.op(
+    ins={"ready": dg.In(dg.Nothing)},
+    description=(
+        "Insert missing carts into the Order DB and update outdated and changed ones under a version guard, "
+        "in bulk; count carts newer in the Order DB, orphans (deleted only when pruning) and rejects."
+    ),
+)
+def sync_carts(
+    context: dg.OpExecutionContext, config: CartSyncOpConfig, cart_db: PostgresResource, order_db: MongoResource
+) -> dg.Output[dict[str, Any]]:
+    scope = f"user {config.user_id!r}" if config.user_id is not None else "every user"
+    context.log.info(f"cart sync of {scope}; orphans are {'deleted' if config.prune_orphans else 'only counted'}")
+    return run_sync_op(
+        context,
+        config,
+        spec=CART_SYNC,
+        endpoints=CartSyncEndpoints(cart_db, order_db, user_id=config.user_id, prune_orphans=config.prune_orphans),
+        lock_db=cart_db,
+        asset_key=ORDER_DB_CARTS,
+    )
