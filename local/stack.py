@@ -164,9 +164,10 @@ class LocalStack:
         }
 
     # Individual stop/start, for fault tests and the health sensor's demo.
-    def stop_mongo(self) -> None:
+    def stop_mongo(self, mode: signal.Signals = signal.SIGKILL) -> None:
+        """Stop SecantusDB: a crash by default; SIGTERM is a clean shutdown that flushes its writes."""
         if self.state.mongo_pid and _pid_alive(self.state.mongo_pid):
-            os.kill(self.state.mongo_pid, signal.SIGKILL)
+            os.kill(self.state.mongo_pid, mode)
             while _pid_alive(self.state.mongo_pid):
                 time.sleep(0.05)
         self.state.mongo_pid = None
