@@ -16,6 +16,7 @@ import pytest
 from etl_defs import sync_op
 from tests.faults.conftest import (
     FaultStack,
+    JobInThread,
     StartJob,
     assert_names_the_database,
     retries,
@@ -33,7 +34,7 @@ BATCH = 150
 SLOW = {"batch_size": BATCH, "batch_pause_ms": 150}
 
 
-def start_slow_sync(faults: FaultStack, start_job: StartJob) -> tuple[ProductScenario, object]:
+def start_slow_sync(faults: FaultStack, start_job: StartJob) -> tuple[ProductScenario, JobInThread]:
     scenario = ProductScenario.plant(faults, PRODUCTS, BATCH)
     run = start_job("product_sync_job", SLOW)
     wait_until("3 batches are committed", lambda: scenario.applied_batches() >= 3)
