@@ -1,0 +1,220 @@
+"""The sensors on real servers and a real Dagster instance.
+
+The health sensor is evaluated through `build_sensor_context` and its asset events are
+stored the way the sensor daemon stores them (`instance.report_runless_asset_event`), so
+the tests read back what the UI shows: the latest `reachable` check execution per table.
+"""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from etl_defs import defs, settings
+from etl_defs.assets import CART_DB_CART, CART_DB_PRODUCT, ORDER_DB_CARTS, PRODUCT_DB_PRODUCTS
+from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, REACHABILITY_CHECK_KEYS, VALIDATION_CHECK_KEYS
+from etl_defs.definitions import build_definitions
+from etl_defs.sensors import VALIDATES_RUN_TAG, health_check_due
+from tests.conftest import Databases
+from tests.factories import product_doc
+
+ALL_TABLES = {PRODUCT_DB_PRODUCTS, CART_DB_PRODUCT, CART_DB_CART, ORDER_DB_CARTS}
+MONGO_TABLES = {PRODUCT_DB_PRODUCTS, ORDER_DB_CARTS}
+
+
+@pytest.fixture()
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def evaluate_health(instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+    """One tick of databases_health_sensor, its events stored as the sensor daemon stores them."""
+    sensor = defs.resolve_sensor_def("databases_health_sensor")
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    return result
+
+
+def reachable_now(instance: dg.DagsterInstance) -> dict[dg.AssetKey, bool]:
+    """What the UI shows: the latest `reachable` check execution of each table, passed or failed."""
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(REACHABILITY_CHECK_KEYS)
+    return {key.asset_key: record.status.value == "SUCCEEDED" for key, record in latest.items()}
+
+
+def observations(result: dg.SensorResult) -> dict[dg.AssetKey, dict]:
+    return {
+        event.asset_key: {k: v.value for k, v in event.metadata.items()}
+        for event in result.asset_events
+        if isinstance(event, dg.AssetObservation)
+    }
+
+
+def test_health_sensor_records_every_database_as_reachable_with_latency(dbs: Databases, instance) -> None:
+    result = evaluate_health(instance)
+
+    assert result.run_requests == []
+    assert result.skip_reason is not None and "all databases answered" in result.skip_reason.skip_message
+    assert reachable_now(instance) == dict.fromkeys(ALL_TABLES, True)
+    seen = observations(result)
+    assert set(seen) == ALL_TABLES
+    for metadata in seen.values():
+        assert metadata["reachable"] == 1
+        assert isinstance(metadata["latency_ms"], float) and 0 <= metadata["latency_ms"] < 5000
+    assert "Cart PostgreSQL" in seen[CART_DB_CART]["database"]
+    stored = instance.fetch_observations(CART_DB_PRODUCT, limit=1).records  # what the UI plots
+    assert [r.asset_observation.metadata["reachable"].value for r in stored] == [1]
+
+
+@pytest.mark.faults
+def test_mongodb_going_down_shows_red_and_its_recovery_green(dbs: Databases, instance) -> None:
+    evaluate_health(instance)
+    assert reachable_now(instance) == dict.fromkeys(ALL_TABLES, True)
+    dbs.stack.stop_mongo()
+    try:
+        down = evaluate_health(instance)  # must not raise
+
+        assert down.run_requests == []
+        assert "2 of 3 databases down" in down.skip_reason.skip_message
+        assert reachable_now(instance) == {table: table not in MONGO_TABLES for table in ALL_TABLES}
+        seen = observations(down)
+        assert seen[PRODUCT_DB_PRODUCTS]["reachable"] == 0 and "latency_ms" not in seen[PRODUCT_DB_PRODUCTS]
+        assert "Product MongoDB" in seen[PRODUCT_DB_PRODUCTS]["error"]
+        assert seen[CART_DB_PRODUCT]["reachable"] == 1
+    finally:
+        dbs.stack.start_mongo()
+
+    evaluate_health(instance)
+
+    assert reachable_now(instance) == dict.fromkeys(ALL_TABLES, True)
+
+
+@pytest.mark.faults
+def test_postgresql_going_down_shows_red_and_its_recovery_green(dbs: Databases, instance) -> None:
+    dbs.stack.stop_postgres()
+    try:
+        down = evaluate_health(instance)
+
+        assert down.run_requests == []
+        assert "1 of 3 databases down" in down.skip_reason.skip_message
+        assert reachable_now(instance) == {table: table in MONGO_TABLES for table in ALL_TABLES}
+    finally:
+        dbs.stack.start_postgres()
+
+    evaluate_health(instance)
+
+    assert reachable_now(instance) == dict.fromkeys(ALL_TABLES, True)
+
+
+def test_reachable_checks_also_run_on_demand_as_the_ui_runs_them(dbs: Databases, instance) -> None:
+    two = set(REACHABILITY_CHECK_KEYS[:2])
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection=two)
+
+    run = job.execute_in_process(instance=instance)
+
+    assert run.success
+    evaluations = run.get_asset_check_evaluations()
+    assert {e.asset_check_key for e in evaluations} == two and all(e.passed for e in evaluations)
+    assert all(isinstance(e.metadata["latency_ms"].value, float) for e in evaluations)
+
+
+def test_health_pings_only_on_new_cron_slots(dbs: Databases, instance) -> None:
+    first = evaluate_health(instance)
+
+    again = evaluate_health(instance, cursor=first.cursor)
+
+    assert first.cursor is not None and first.asset_events
+    assert again.asset_events == [] and again.skip_reason is not None
+    assert again.skip_reason.skip_message.startswith("next health check at ")
+
+
+def test_health_cadence_follows_the_cron_in_its_timezone() -> None:
+    noon = datetime(2026, 3, 2, 12, 3, 20, tzinfo=UTC)  # a Monday
+
+    due, slot, following = health_check_due("*/5 * * * *", "UTC", None, noon)
+    assert due and slot == datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    assert following == datetime(2026, 3, 2, 12, 5, tzinfo=UTC)
+    assert health_check_due("*/5 * * * *", "UTC", str(slot.timestamp()), noon)[0] is False
+    on_the_slot = datetime(2026, 3, 2, 12, 5, tzinfo=UTC)
+    assert health_check_due("*/5 * * * *", "UTC", str(slot.timestamp()), on_the_slot)[0] is True
+    # 09:00 in Berlin is 08:00 UTC in winter; weekdays only.
+    due, slot, following = health_check_due("0 9 * * 1-5", "Europe/Berlin", None, noon)
+    assert slot.astimezone(UTC) == datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    assert following.astimezone(UTC) == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+
+
+def test_health_sensor_is_running_by_default_only_when_the_scheduler_is_enabled() -> None:
+    on = build_definitions(settings.model_copy(update={"enable_scheduler": True}))
+    off = build_definitions(settings.model_copy(update={"enable_scheduler": False}))
+
+    assert on.resolve_sensor_def("databases_health_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    assert off.resolve_sensor_def("databases_health_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    # The health sensor targets no job: it cannot start a sync.
+    assert not on.resolve_sensor_def("databases_health_sensor").targets
+
+
+# ----- validate_after_sync_sensor -----
+
+
+def evaluate_after(instance: dg.DagsterInstance, run_id: str) -> dg.RunRequest | dg.SkipReason:
+    """validate_after_sync_sensor on a finished run's RUN_SUCCESS event."""
+    run = instance.get_run_by_id(run_id)
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
+    assert run is not None and len(records) == 1
+    sensor = defs.resolve_sensor_def("validate_after_sync_sensor")
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=records[0].event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=run,
+    )
+    return sensor(context)
+
+
+def test_a_real_product_sync_requests_the_product_checks_which_then_pass(dbs: Databases, instance) -> None:
+    dbs.product_db.products.insert_many([product_doc() for _ in range(5)])
+    sync = defs.resolve_job_def("product_sync_job").execute_in_process(instance=instance)
+
+    request = evaluate_after(instance, sync.run_id)
+
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_key == f"validate-after-{sync.run_id}"
+    assert set(request.asset_check_keys) == set(PRODUCT_CHECK_KEYS)
+    assert request.tags[VALIDATES_RUN_TAG] == sync.run_id
+    sensor = defs.resolve_sensor_def("validate_after_sync_sensor")
+    assert sensor.job_name == "validation_job"
+    # Run what the sensor requested, as the daemon would.
+    job = defs.resolve_job_def(sensor.job_name).get_subset(asset_check_selection=set(request.asset_check_keys))
+    checks = job.execute_in_process(instance=instance, tags=request.tags)
+    assert checks.success
+    evaluations = checks.get_asset_check_evaluations()
+    assert {e.asset_check_key for e in evaluations} == set(PRODUCT_CHECK_KEYS)
+    assert all(e.passed for e in evaluations)
+
+
+def test_a_dry_run_requests_nothing(dbs: Databases, instance) -> None:
+    dbs.product_db.products.insert_many([product_doc()])
+    dry = defs.resolve_job_def("product_sync_job").execute_in_process(run_config={"dry_run": True}, instance=instance)
+
+    skip = evaluate_after(instance, dry.run_id)
+
+    assert isinstance(skip, dg.SkipReason)
+    assert "was a dry run" in skip.skip_message
+
+
+def test_each_sync_job_requests_its_own_checks(dbs: Databases, instance) -> None:
+    cart = defs.resolve_job_def("cart_sync_job").execute_in_process(instance=instance)
+    full = defs.resolve_job_def("full_sync_job").execute_in_process(instance=instance)
+
+    assert set(evaluate_after(instance, cart.run_id).asset_check_keys) == set(CART_CHECK_KEYS)
+    assert set(evaluate_after(instance, full.run_id).asset_check_keys) == set(VALIDATION_CHECK_KEYS)
+
+
+def test_validate_after_sync_sensor_runs_whatever_enable_scheduler_says() -> None:
+    off = build_definitions(settings.model_copy(update={"enable_scheduler": False}))
+
+    assert off.resolve_sensor_def("validate_after_sync_sensor").default_status == dg.DefaultSensorStatus.RUNNING
