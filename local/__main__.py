@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 from pymongo import MongoClient
 
-from local.demo_data import seed_products
+from local.demo_data import seed_carts, seed_products
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError
 
@@ -57,11 +57,18 @@ def seed(stack: LocalStack) -> None:
     try:
         with psycopg.connect(stack.pg_url(CART_DB)) as conn:
             counts = seed_products(client[PRODUCT_DB], conn)
+            carts = seed_carts(conn, client[ORDER_DB])
     finally:
         client.close()
     print(
         f"seeded {counts.products} products (+{counts.malformed} malformed documents); "
         f"the Cart DB lacks {counts.missing_in_cart_db} and has {counts.stale_in_cart_db} stale"
+    )
+    print(
+        f"seeded {carts.carts} carts ({carts.demo_user_carts} of demo-user-1, {carts.unsyncable} unsyncable); "
+        f"the Order DB lacks {carts.missing_in_order_db}, has {carts.outdated_in_order_db} outdated, "
+        f"{carts.stale_in_order_db} with a stale product price, {carts.newer_in_order_db} newer "
+        f"and {carts.orphaned_in_order_db} orphaned"
     )
 
 

@@ -89,3 +89,104 @@ def seed_products(
 def new_cart_id(rng: random.Random) -> uuid.UUID:
     """A random UUID drawn from `rng`, so demo data is reproducible."""
     return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+#: The user whose carts a per-user demo run (`user_id: demo-user-1`) repairs.
+DEMO_USER = "demo-user-1"
+DEMO_USERS = [f"demo-user-{n}" for n in range(1, 13)]
+_LONG_AGO = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class CartDemoCounts:
+    """What `seed_carts` planted in the Cart DB and the Order DB."""
+
+    carts: int
+    missing_in_order_db: int
+    outdated_in_order_db: int
+    stale_in_order_db: int
+    newer_in_order_db: int
+    orphaned_in_order_db: int
+    unsyncable: int
+    demo_user_carts: int
+
+
+def _order_doc(cart: tuple, product: tuple) -> dict:
+    """The Order document a cart becomes (cart: id, quantity, userId, version, productId)."""
+    cart_id, quantity, user_id, version, _ = cart
+    product_id, title, price, image, seller_id, product_quantity = product
+    return {
+        "cartId": str(cart_id), "userId": user_id, "productId": product_id, "productTitle": title,
+        "productPrice": price, "productImage": image, "sellerId": seller_id, "productQuantity": product_quantity,
+        "cartQuantity": quantity, "total": price * quantity, "version": version,
+        "createdAt": _LONG_AGO, "updatedAt": _LONG_AGO,
+    }  # fmt: skip
+
+
+def seed_carts(cart_conn: psycopg.Connection, order_db: Database, *, carts: int = 300, seed: int = 11) -> CartDemoCounts:
+    """Replace the Cart DB's carts and the Order DB's copies with demo data that has drifted.
+
+    Needs the Cart DB's products (`seed_products` first). Of every ten carts one is
+    missing in the Order DB, one has an older version there, one the same version with a
+    stale product price, one a newer version there; ten Order carts are orphans; three
+    carts cannot be synced (two name a product row that does not exist, one has quantity
+    0). The users are demo-user-1 .. demo-user-12.
+    """
+    rng = random.Random(seed)
+    products = cart_conn.execute(
+        'SELECT id, title, price, image, "sellerId", quantity FROM product ORDER BY id'
+    ).fetchall()
+    cart_conn.rollback()
+    if not products:
+        raise ValueError("the Cart DB has no products: seed the products first")
+    rows, docs = [], []
+    counts = CartDemoCounts(carts, 0, 0, 0, 0, 0, 0, 0)
+    for i in range(carts):
+        product = rng.choice(products)
+        version = rng.randrange(2, 6)
+        cart = (new_cart_id(rng), rng.randrange(1, 6), DEMO_USERS[i % len(DEMO_USERS)], version, product[0])
+        rows.append(cart)
+        counts.demo_user_carts += cart[2] == DEMO_USER
+        doc = _order_doc(cart, product)
+        match i % 10:
+            case 1:
+                counts.missing_in_order_db += 1
+                continue
+            case 2:
+                counts.outdated_in_order_db += 1
+                doc["version"] = version - 1
+                doc["cartQuantity"] = cart[1] + 1
+                doc["total"] = doc["productPrice"] * doc["cartQuantity"]
+            case 4:
+                counts.stale_in_order_db += 1
+                doc["productPrice"] = product[2] + 100  # the price before the last change
+                doc["total"] = doc["productPrice"] * doc["cartQuantity"]
+            case 6:
+                counts.newer_in_order_db += 1
+                doc["version"] = version + 1  # the Order service is ahead: never overwritten
+                doc["cartQuantity"] = cart[1] + 2
+                doc["total"] = doc["productPrice"] * doc["cartQuantity"]
+        docs.append(doc)
+    for _ in range(10):
+        orphan = (new_cart_id(rng), 1, rng.choice(DEMO_USERS), 1, None)
+        docs.append(_order_doc(orphan, rng.choice(products)))
+        counts.orphaned_in_order_db += 1
+    zero_quantity = (new_cart_id(rng), 0, DEMO_USER, 1, products[0][0])
+    no_product = [(new_cart_id(rng), 1, DEMO_USER, 1, str(ObjectId())) for _ in range(2)]
+    counts.unsyncable = 1 + len(no_product)
+    counts.demo_user_carts += 1 + len(no_product)
+    counts.carts += 1 + len(no_product)
+    copy_sql = 'COPY cart (id, quantity, "userId", version, "productId") FROM STDIN'
+    with cart_conn.transaction():
+        cart_conn.execute("TRUNCATE cart")
+        with cart_conn.cursor().copy(copy_sql) as copy:
+            for row in [*rows, zero_quantity]:
+                copy.write_row(row)
+        # A cart whose product row is gone: only possible with the foreign key bypassed.
+        cart_conn.execute("SET LOCAL session_replication_role = replica")
+        with cart_conn.cursor().copy(copy_sql) as copy:
+            for row in no_product:
+                copy.write_row(row)
+    order_db["carts"].delete_many({})
+    order_db["carts"].insert_many(docs)
+    return counts

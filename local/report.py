@@ -10,7 +10,7 @@ import psycopg
 from pymongo import MongoClient
 
 from etl_defs.products.transform import ProductRow, transform_product
-from local.stack import CART_DB, PRODUCT_DB, LocalStack
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 
 
 def product_drift(product_docs: list[dict], cart_rows: list[tuple]) -> dict[str, int]:
@@ -28,14 +28,58 @@ def product_drift(product_docs: list[dict], cart_rows: list[tuple]) -> dict[str,
     }
 
 
+#: Cart columns the report reads: the cart, then its product's (all None when the row is gone).
+CART_JOIN_SQL = (
+    'SELECT c.id::text, c.quantity, c."userId", c.version, c."productId", '
+    'p.title, p.price, p.image, p."sellerId", p.quantity '
+    'FROM cart c LEFT JOIN product p ON p.id = c."productId"'
+)
+
+
+def cart_drift(cart_rows: list[tuple], order_docs: list[dict]) -> dict[str, int]:
+    """Counts of missing, outdated, stale, newer and orphaned Order carts, and unsyncable carts.
+
+    Written independently of the sync's transform: the expected document is spelled out here.
+    """
+    in_order = {doc.get("cartId"): doc for doc in order_docs}
+    figures = dict.fromkeys(
+        ["carts_in_cart_db", "unsyncable", "missing_in_order_db", "outdated_in_order_db",
+         "stale_in_order_db", "newer_in_order_db", "orphaned_in_order_db"], 0
+    )  # fmt: skip
+    figures["carts_in_cart_db"] = len(cart_rows)
+    for cart_id, quantity, user_id, version, product_id, title, price, image, seller_id, stock in cart_rows:
+        if title is None or quantity <= 0 or price < 0:
+            figures["unsyncable"] += 1
+            continue
+        expected = {
+            "userId": user_id, "productId": product_id, "productTitle": title, "productPrice": price,
+            "productImage": image, "sellerId": seller_id, "productQuantity": stock, "cartQuantity": quantity,
+            "total": price * quantity,
+        }  # fmt: skip
+        doc = in_order.get(cart_id)
+        if doc is None:
+            figures["missing_in_order_db"] += 1
+        elif not isinstance(doc.get("version"), int | float) or doc["version"] < version:
+            figures["outdated_in_order_db"] += 1
+        elif doc["version"] > version:
+            figures["newer_in_order_db"] += 1
+        elif any(doc.get(name) != value for name, value in expected.items()):
+            figures["stale_in_order_db"] += 1
+    cart_ids = {row[0] for row in cart_rows}
+    figures["orphaned_in_order_db"] = sum(1 for key in in_order if key not in cart_ids)
+    return figures
+
+
 def drift_report(stack: LocalStack) -> str:
-    """One line per figure, for the terminal."""
+    """One line per figure, for the terminal: products, then carts."""
     client = MongoClient(stack.mongo_url(PRODUCT_DB))
     try:
         docs = list(client[PRODUCT_DB]["products"].find())
+        carts = list(client[ORDER_DB]["carts"].find({}, {"_id": 0}))
     finally:
         client.close()
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
         rows = conn.execute('SELECT id, title, price, image, "sellerId", quantity FROM product').fetchall()
-    figures = product_drift(docs, rows)
+        cart_rows = conn.execute(CART_JOIN_SQL).fetchall()
+    figures = {**product_drift(docs, rows), **cart_drift(cart_rows, carts)}
     return "\n".join(f"  {name:<22} {value}" for name, value in figures.items())
