@@ -123,7 +123,9 @@ def _order_doc(cart: tuple, product: tuple) -> dict:
     }  # fmt: skip
 
 
-def seed_carts(cart_conn: psycopg.Connection, order_db: Database, *, carts: int = 300, seed: int = 11) -> CartDemoCounts:
+def seed_carts(
+    cart_conn: psycopg.Connection, order_db: Database, *, carts: int = 300, seed: int = 11
+) -> CartDemoCounts:
     """Replace the Cart DB's carts and the Order DB's copies with demo data that has drifted.
 
     Needs the Cart DB's products (`seed_products` first). Of every ten carts one is

@@ -170,7 +170,8 @@ class CartSyncEndpoints:
             ops.append(UpdateOne({"cartId": row.cartId, **self._user_filter, **older}, self._update(row, now)))
         for row, _ in plan.changed:
             keys.append(row.cartId)
-            ops.append(UpdateOne({"cartId": row.cartId, **self._user_filter, "version": row.version}, self._update(row, now)))
+            same = {"version": row.version}
+            ops.append(UpdateOne({"cartId": row.cartId, **self._user_filter, **same}, self._update(row, now)))
         if ops:
             self._bulk_write(ops, keys, inserts, result)
         if self.prunes_orphans and plan.orphaned:
