@@ -60,8 +60,8 @@ def run_sync_op(
         if config.dry_run:
             report = _run(context, config, spec, endpoints)
         else:
-            with lock_db.advisory_lock(spec.name):
-                report = _run(context, config, spec, endpoints)
+            with lock_db.advisory_lock(spec.name) as lock_still_held:
+                report = _run(context, config, spec, endpoints, lock_still_held)
     except SyncStopped as stopped:
         # Dagster's own way to end a terminated step: the run ends CANCELED, not FAILED.
         context.log.warning(str(stopped))
@@ -84,17 +84,23 @@ def run_sync_op(
     return dg.Output(report.figures(), metadata=metadata)
 
 
-def termination_requested(context: dg.OpExecutionContext) -> Callable[[], str | None]:
-    """Whether this run is being terminated (the UI's Terminate, the `terminateRun` mutation).
+def before_each_batch(
+    context: dg.OpExecutionContext, lock_still_held: Callable[[], None] | None = None
+) -> Callable[[], str | None]:
+    """The check the sync runs before each batch: is this run being terminated (the UI's Terminate)?
 
-    Asked between batches. A launched run is also interrupted by a signal, but nothing can
-    signal a run started with `dagster job execute`: Dagster only marks it CANCELING. So the
-    sync reads its run's status itself, at most every `TERMINATION_POLL_S` seconds.
+    A launched run is also interrupted by a signal, but nothing can signal a run started
+    with `dagster job execute`: Dagster only marks it CANCELING. So the sync reads its run's
+    status itself, at most every `TERMINATION_POLL_S` seconds. Before every batch it also
+    checks that it still holds its lock (`lock_still_held` raises when the lock's session
+    ended), so that no batch is written unlocked.
     """
     last_check = time.monotonic()
 
     def requested() -> str | None:
         nonlocal last_check
+        if lock_still_held is not None:
+            lock_still_held()
         now = time.monotonic()
         if now - last_check < TERMINATION_POLL_S:
             return None
@@ -111,7 +117,13 @@ def termination_requested(context: dg.OpExecutionContext) -> Callable[[], str | 
     return requested
 
 
-def _run(context: dg.OpExecutionContext, config: SyncOpConfig, spec: SyncSpec, endpoints: SyncEndpoints) -> SyncReport:
+def _run(
+    context: dg.OpExecutionContext,
+    config: SyncOpConfig,
+    spec: SyncSpec,
+    endpoints: SyncEndpoints,
+    lock_still_held: Callable[[], None] | None = None,
+) -> SyncReport:
     return run_sync(
         spec,
         endpoints,
@@ -119,5 +131,5 @@ def _run(context: dg.OpExecutionContext, config: SyncOpConfig, spec: SyncSpec, e
         dry_run=config.dry_run,
         log=context.log,
         batch_pause_s=config.batch_pause_ms / 1000,
-        stop_requested=termination_requested(context),
+        stop_requested=before_each_batch(context, lock_still_held),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import dagster as dg
@@ -120,8 +120,14 @@ class PostgresResource(dg.ConfigurableResource):
         return time.perf_counter() - started
 
     @contextmanager
-    def advisory_lock(self, name: str) -> Iterator[None]:
-        """Hold a session advisory lock named `name`, or fail fast if another run has it."""
+    def advisory_lock(self, name: str) -> Iterator[Callable[[], None]]:
+        """Hold a session advisory lock named `name`, or fail fast if another run has it.
+
+        Yields `still_held()`, which raises `DatabaseUnavailableError` once the session
+        holding the lock has ended (killed, cut, server restarted): the lock went with it,
+        so the caller must stop writing. Ending the session is also why a failed unlock is
+        ignored: there is nothing left to unlock.
+        """
         key = _lock_key(name)
         with self.connection() as conn:
             conn.autocommit = True
@@ -132,12 +138,22 @@ class PostgresResource(dg.ConfigurableResource):
                     f"another run holds the '{name}' sync lock on {self.where}; "
                     "wait for it to finish (this run made no changes)"
                 )
-            try:
-                yield
-            finally:
+
+            def still_held() -> None:
                 try:
+                    conn.execute("SELECT 1")
+                except psycopg.OperationalError as error:
+                    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    raise DatabaseUnavailableError(
+                        f"{self.where} is unavailable: the session holding the '{name}' sync lock ended "
+                        f"({reason[:200]}), so the lock is gone"
+                    ) from None
+
+            try:
+                yield still_held
+            finally:
+                with suppress(psycopg.OperationalError):
                     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, key))
-                finally:
                     conn.autocommit = False
 
     def dispose(self) -> None:

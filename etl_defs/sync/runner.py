@@ -131,7 +131,8 @@ def run_sync(
 
     Each write is one transaction (PostgreSQL) or one guarded bulk write (MongoDB), so a
     run that stops between batches leaves no half-written batch behind. `stop_requested`
-    is asked before each batch; when it gives a reason, the sync raises `SyncStopped` there.
+    is asked before each batch; when it gives a reason, the sync raises `SyncStopped` there
+    (and an error it raises ends the sync there too).
     """
     report: SyncReport[Row, Tgt] = SyncReport(pipeline=spec.name, dry_run=dry_run)
     started = time.perf_counter()
