@@ -253,3 +253,10 @@ def retries(result: dg.ExecuteInProcessResult, step: str) -> int:
 def short_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same retries with 0.25s base backoff instead of 2s, for faults that outlast them all."""
     monkeypatch.setattr("etl_defs.sync_op.RETRY_BASE_DELAY_S", 0.25)
+
+
+@pytest.fixture()
+def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No retries, for a MongoDB that stays down: each attempt would wait its 5s server
+    selection timeout for nothing (the PostgreSQL tests go through every retry)."""
+    monkeypatch.setattr("etl_defs.sync_op.MAX_CONNECTION_RETRIES", 0)

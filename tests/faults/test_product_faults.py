@@ -97,10 +97,8 @@ def test_connections_cut_mid_write(faults: FaultStack, start_job: StartJob) -> N
 
 
 def test_product_mongodb_stopped_mid_run(
-    faults: FaultStack, start_job: StartJob, short_retries: None, monkeypatch: pytest.MonkeyPatch
+    faults: FaultStack, start_job: StartJob, no_retries: None
 ) -> None:
-    # Each attempt waits 5s for a MongoDB that is not there; one retry shows the same as three.
-    monkeypatch.setattr("etl_defs.sync_op.MAX_CONNECTION_RETRIES", 1)
     scenario, run = start_slow_sync(faults, start_job)
 
     faults.main.stop_mongo()
@@ -109,7 +107,7 @@ def test_product_mongodb_stopped_mid_run(
     assert not result.success
     message = step_failure_message(result, "sync_products")
     assert_names_the_database(message, f"Product MongoDB (127.0.0.1:{faults.main.state.mongo_port}/product) is unavailable")
-    assert retries(result, "sync_products") == 1
+    assert "gave up after 0 retries" in message
     scenario.assert_stopped_part_way(3)
 
     faults.ensure_up()
@@ -126,4 +124,25 @@ def test_product_mongodb_back_within_the_retry_window(faults: FaultStack, start_
     result = run.result()
 
     assert_retried_and_succeeded(result)
+    scenario.assert_converged()
+
+
+def test_lock_session_cut_mid_run(faults: FaultStack, start_job: StartJob, instance: dg.DagsterInstance) -> None:
+    """Only the idle session holding the advisory lock ends (an idle-session killer, a DBA):
+    the sync must stop before its next batch rather than write on without its lock."""
+    scenario, run = start_slow_sync(faults, start_job)
+    with faults.cart_conn() as conn:
+        ended = conn.execute(
+            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND a.application_name = 'etl-sync'"
+        ).fetchone()[0]
+        committed = scenario.applied_batches()
+    result = run.result()
+
+    assert ended == 1
+    assert_retried_and_succeeded(result)
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    retry_at = next(i for i, m in enumerate(logs) if "the session holding the 'products' sync lock ended" in m)
+    written_unlocked = [m for m in logs[:retry_at] if m.startswith("products batch ") and "inserted=" in m]
+    assert len(written_unlocked) <= committed + 1  # at most the batch in flight when the lock went
     scenario.assert_converged()
