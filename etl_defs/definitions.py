@@ -7,7 +7,10 @@ import os
 import dagster as dg
 
 from etl_defs.assets import DATABASE_ASSETS
-from etl_defs.jobs import build_product_sync_job
+from etl_defs.checks import build_asset_checks, build_validation_job
+from etl_defs.jobs import build_cart_sync_job, build_full_sync_job, build_product_sync_job
+from etl_defs.schedules import build_schedules
+from etl_defs.sensors import build_sensors
 from etl_defs.settings import SyncSettings, load_settings
 from resources import MongoResource, PostgresResource
 
@@ -30,9 +33,15 @@ def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource
 
 def build_definitions(settings: SyncSettings) -> dg.Definitions:
     """The code location's definitions for validated `settings`."""
+    sync_jobs = [build_product_sync_job(settings), build_cart_sync_job(settings), build_full_sync_job(settings)]
+    product_sync_job, cart_sync_job, _ = sync_jobs
+    validation_job = build_validation_job()
     return dg.Definitions(
         assets=DATABASE_ASSETS,
-        jobs=[build_product_sync_job(settings)],
+        asset_checks=build_asset_checks(settings),
+        jobs=[*sync_jobs, validation_job],
+        schedules=build_schedules(settings, product_sync_job, cart_sync_job),
+        sensors=build_sensors(settings, sync_jobs, validation_job),
         resources=build_resources(settings),
     )
 

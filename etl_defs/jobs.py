@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from pydantic import ValidationError
 
+from etl_defs.carts.ops import CartSyncOpConfig, check_cart_sync_ready, sync_carts
 from etl_defs.products.ops import check_product_sync_ready, sync_products
 from etl_defs.settings import SyncSettings
 from etl_defs.sync_op import SyncOpConfig
@@ -21,12 +23,35 @@ def _sync_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
     }
 
 
-def _op_config(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+class InvalidRunConfigError(ValueError):
+    """A run config value is out of range; raised before the run starts."""
+
+
+def _op_config(config: dict[str, Any], config_class: type[SyncOpConfig] = SyncOpConfig) -> dict[str, Any]:
     """Validated op config; a bad value is refused here, before the run starts."""
-    validated = SyncOpConfig(
-        dry_run=config["dry_run"], batch_size=config["batch_size"], batch_pause_ms=config["batch_pause_ms"]
-    )
-    return {"config": {**validated.model_dump(), **extra}}
+    fields = {name: config[name] for name in config_class.model_fields if name in config}
+    try:
+        validated = config_class(**fields)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}={fields.get(str(e['loc'][0]))!r}: {e['msg']}" for e in error.errors()
+        )
+        raise InvalidRunConfigError(f"invalid run config: {problems}") from None
+    return {"config": validated.model_dump()}
+
+
+def _cart_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
+    return {
+        **_sync_config_schema(default_batch_size),
+        "user_id": dg.Field(dg.Noneable(str), default_value=None, description="Only this user's carts, on both sides"),
+        "prune_orphans": dg.Field(
+            bool, default_value=False, description="Delete Order DB carts that are no longer in the Cart DB"
+        ),
+    }
+
+
+def _cart_op_config(config: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    return _op_config({**config, "batch_size": batch_size}, CartSyncOpConfig)
 
 
 def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
@@ -46,3 +71,64 @@ def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
         sync_products(ready=check_product_sync_ready())
 
     return product_sync_job
+
+
+def build_cart_sync_job(settings: SyncSettings) -> dg.JobDefinition:
+    """`cart_sync_job`: check both databases, then sync carts into the Order DB."""
+
+    @dg.config_mapping(config_schema=_cart_config_schema(settings.cart_sync_batch_size))
+    def cart_sync_config(config: dict[str, Any]) -> dict[str, Any]:
+        return {"ops": {"sync_carts": _cart_op_config(config, config["batch_size"])}}
+
+    @dg.job(
+        config=cart_sync_config,
+        tags={PIPELINE_TAG: "carts"},
+        executor_def=dg.in_process_executor,
+        description=(
+            "Copy carts (joined with their products) from the Cart PostgreSQL into the Order MongoDB: insert "
+            "missing, update outdated and changed under a version guard, never overwrite a newer cart."
+        ),
+    )
+    def cart_sync_job() -> None:
+        sync_carts(ready=check_cart_sync_ready())
+
+    return cart_sync_job
+
+
+def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
+    """`full_sync_job`: the product sync, then the cart sync, so a price change reaches the carts in one run."""
+    schema = _cart_config_schema(settings.cart_sync_batch_size)
+    schema["batch_size"] = dg.Field(
+        int,
+        is_required=False,
+        description=(
+            f"Keys per batch for both syncs (default: SYNC_BATCH_SIZE={settings.sync_batch_size} for products, "
+            f"CART_SYNC_BATCH_SIZE={settings.cart_sync_batch_size} for carts)"
+        ),
+    )
+
+    @dg.config_mapping(config_schema=schema)
+    def full_sync_config(config: dict[str, Any]) -> dict[str, Any]:
+        override = config.get("batch_size")
+        products = {**config, "batch_size": override or settings.sync_batch_size}
+        return {
+            "ops": {
+                "sync_products": _op_config(products),
+                "sync_carts": _cart_op_config(config, override or settings.cart_sync_batch_size),
+            }
+        }
+
+    @dg.job(
+        config=full_sync_config,
+        tags={PIPELINE_TAG: "full"},
+        executor_def=dg.in_process_executor,
+        description=(
+            "Product sync, then cart sync, in one run: a product's new price reaches the Order DB's carts. "
+            "The cart sync is skipped when the product sync fails."
+        ),
+    )
+    def full_sync_job() -> None:
+        products_synced = sync_products(ready=check_product_sync_ready())
+        sync_carts(ready=[check_cart_sync_ready(), products_synced])
+
+    return full_sync_job
