@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psycopg
 from bson import ObjectId
-from pymongo import MongoClient
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -34,7 +33,7 @@ from local.stack import CART_DB, DAGSTER_DB, PRODUCT_DB, LocalStack, free_port  
 
 def seed(stack: LocalStack, products: int) -> dict[str, tuple]:
     """Insert `products` documents and a drifted copy; return the rows expected after a sync."""
-    client = MongoClient(stack.mongo_url(PRODUCT_DB))
+    client = stack.mongo_client()
     collection = client[PRODUCT_DB]["products"]
     collection.drop()
     expected: dict[str, tuple] = {}

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import psycopg
-from pymongo import MongoClient
 
 from local.demo_data import seed_carts, seed_products
 from local.schema import create_cart_schema, create_order_indexes
@@ -18,12 +17,14 @@ DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".local"
 
 
 def stack_from_env() -> LocalStack:
-    """The stack configured by LOCAL_STATE_DIR, LOCAL_MONGO_PORT, LOCAL_PG_PORT, LOCAL_PG_PASSWORD."""
+    """The stack configured by the LOCAL_* variables (state folder, ports, passwords, MongoDB user)."""
     return LocalStack(
         Path(os.environ.get("LOCAL_STATE_DIR", DEFAULT_STATE_DIR)),
         mongo_port=int(os.environ.get("LOCAL_MONGO_PORT", "27117")),
         pg_port=int(os.environ.get("LOCAL_PG_PORT", "55432")),
         pg_password=os.environ.get("LOCAL_PG_PASSWORD", "local-dev-only"),
+        mongo_user=os.environ.get("LOCAL_MONGO_USER") or None,
+        mongo_password=os.environ.get("LOCAL_MONGO_PASSWORD") or None,
     )
 
 
@@ -45,7 +46,7 @@ def prepare_schema(stack: LocalStack) -> None:
     """The Cart tables and the Order indexes."""
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
         create_cart_schema(conn)
-    client = MongoClient(stack.mongo_url(ORDER_DB))
+    client = stack.mongo_client()
     try:
         create_order_indexes(client[ORDER_DB])
     finally:
@@ -53,7 +54,7 @@ def prepare_schema(stack: LocalStack) -> None:
 
 
 def seed(stack: LocalStack) -> None:
-    client = MongoClient(stack.mongo_url(PRODUCT_DB))
+    client = stack.mongo_client()
     try:
         with psycopg.connect(stack.pg_url(CART_DB)) as conn:
             counts = seed_products(client[PRODUCT_DB], conn)

@@ -7,7 +7,6 @@ show "before" and "after" counts.
 from __future__ import annotations
 
 import psycopg
-from pymongo import MongoClient
 
 from etl_defs.products.transform import ProductRow, transform_product
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
@@ -72,7 +71,7 @@ def cart_drift(cart_rows: list[tuple], order_docs: list[dict]) -> dict[str, int]
 
 def drift_report(stack: LocalStack) -> str:
     """One line per figure, for the terminal: products, then carts."""
-    client = MongoClient(stack.mongo_url(PRODUCT_DB))
+    client = stack.mongo_client()
     try:
         docs = list(client[PRODUCT_DB]["products"].find())
         carts = list(client[ORDER_DB]["carts"].find({}, {"_id": 0}))

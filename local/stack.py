@@ -79,6 +79,8 @@ class StackState:
     mongo_port: int
     pg_port: int
     pg_password: str
+    mongo_user: str | None = None  # set: SecantusDB runs with --auth and this root user
+    mongo_password: str | None = None
     mongo_pid: int | None = None
     pg_pid: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -87,9 +89,20 @@ class StackState:
 class LocalStack:
     """The local MongoDB and PostgreSQL servers under one state folder."""
 
-    def __init__(self, state_dir: Path, mongo_port: int, pg_port: int, pg_password: str) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        mongo_port: int,
+        pg_port: int,
+        pg_password: str,
+        mongo_user: str | None = None,
+        mongo_password: str | None = None,
+    ) -> None:
         self.state_dir = state_dir.resolve()
-        self.state = StackState(mongo_port=mongo_port, pg_port=pg_port, pg_password=pg_password)
+        self.state = StackState(
+            mongo_port=mongo_port, pg_port=pg_port, pg_password=pg_password,
+            mongo_user=mongo_user, mongo_password=mongo_password,
+        )  # fmt: skip
         saved = self._load()
         if saved is not None:
             self.state = saved
@@ -112,6 +125,13 @@ class LocalStack:
     def mongo_url(self, db: str) -> str:
         return f"mongodb://127.0.0.1:{self.state.mongo_port}/{db}"
 
+    def mongo_client(self, **options: object) -> MongoClient:
+        """A client for the stack's MongoDB, authenticated when the stack uses auth."""
+        if self.state.mongo_user:
+            options = {"username": self.state.mongo_user, "password": self.state.mongo_password,
+                       "authSource": "admin", **options}  # fmt: skip
+        return MongoClient(self.mongo_url("admin"), **options)
+
     def pg_url(self, db: str, scheme: str = "postgresql") -> str:
         password = quote(self.state.pg_password, safe="")
         return f"{scheme}://{PG_SUPERUSER}:{password}@127.0.0.1:{self.state.pg_port}/{db}"
@@ -123,7 +143,9 @@ class LocalStack:
             "ORDER_SERVICE_MONGODB_URL": self.mongo_url(ORDER_DB),
             "CART_DB_URL": self.pg_url(CART_DB),
             "DAGSTER_PG_URL": self.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
-        }
+            **({"MONGO_USER": self.state.mongo_user, "MONGO_PASSWORD": self.state.mongo_password or ""}
+               if self.state.mongo_user else {}),
+        }  # fmt: skip
 
     # ----- lifecycle -----
     def up(self) -> None:
@@ -191,26 +213,47 @@ class LocalStack:
 
     # ----- MongoDB (SecantusDB) -----
     def _start_mongo(self) -> int:
+        data = self.state_dir / "mongo"
+        data.mkdir(exist_ok=True)
+        auth_ready = data / "auth-user-created"
+        if self.state.mongo_user and not auth_ready.exists():
+            # SecantusDB, like mongod, takes its first user on a server started without --auth.
+            setup = self._spawn_mongo(auth=False)
+            client = MongoClient(self.mongo_url("admin"), serverSelectionTimeoutMS=30_000)
+            try:
+                client.admin.command(
+                    "createUser", self.state.mongo_user, pwd=self.state.mongo_password,
+                    roles=[{"role": "root", "db": "admin"}],
+                )  # fmt: skip
+            finally:
+                client.close()
+            setup.terminate()
+            setup.wait(timeout=30)
+            auth_ready.touch()
+        return self._spawn_mongo(auth=bool(self.state.mongo_user)).pid
+
+    def _spawn_mongo(self, auth: bool) -> subprocess.Popen:
         server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
         if not Path(server).exists():
             raise StackError("secantusd-py not found: install the project with its 'local' extra")
-        data = self.state_dir / "mongo"
-        data.mkdir(exist_ok=True)
         log = self.state_dir / "mongo.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [server, "--host", "127.0.0.1", "--port", str(self.state.mongo_port),
-                 "--storage-path", str(data), "--log-level", "WARNING"],
+                 "--storage-path", str(self.state_dir / "mongo"), "--log-level", "WARNING",
+                 *(["--auth"] if auth else [])],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.state_dir, start_new_session=True,
             )  # fmt: skip
         _wait_port(self.state.mongo_port, 60, "SecantusDB", log)
-        client = MongoClient(self.mongo_url("admin"), serverSelectionTimeoutMS=30_000)
+        client = self.mongo_client(serverSelectionTimeoutMS=30_000) if auth else MongoClient(
+            self.mongo_url("admin"), serverSelectionTimeoutMS=30_000
+        )
         try:
             client.admin.command("ping")
         finally:
             client.close()
-        return proc.pid
+        return proc
 
     # ----- PostgreSQL -----
     def _as_pg_user(self) -> dict[str, object]:

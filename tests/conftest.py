@@ -7,6 +7,7 @@ start on first use, so pure unit tests need no server.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -24,11 +25,19 @@ from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Recognisable secrets: the secret-scan tests look for these everywhere.
+#: Recognisable secrets: the whole suite runs with them, and the secret-scan tests look for
+#: them everywhere (PostgreSQL's inside the Cart DB URL, MongoDB's in MONGO_PASSWORD).
 PG_TEST_PASSWORD = "pg-Secret-7f3a9c"
+MONGO_TEST_USER = "sync-user"
+MONGO_TEST_PASSWORD = "mongo-Secret-4e8d21"
+TEST_SECRETS = (PG_TEST_PASSWORD, MONGO_TEST_PASSWORD)
 
 _STATE_DIR = Path(tempfile.mkdtemp(prefix="etl-sync-test-"))
-STACK = LocalStack(_STATE_DIR, mongo_port=free_port(), pg_port=free_port(), pg_password=PG_TEST_PASSWORD)
+atexit.register(shutil.rmtree, _STATE_DIR, ignore_errors=True)
+STACK = LocalStack(
+    _STATE_DIR, mongo_port=free_port(), pg_port=free_port(), pg_password=PG_TEST_PASSWORD,
+    mongo_user=MONGO_TEST_USER, mongo_password=MONGO_TEST_PASSWORD,
+)  # fmt: skip
 SERVICE_ENV = {
     **STACK.env(),
     "SYNC_BATCH_SIZE": "1000",
@@ -36,8 +45,7 @@ SERVICE_ENV = {
     "ENABLE_SCHEDULER": "false",
 }
 os.environ.update(SERVICE_ENV)
-for name in ("CART_DB_WRITE_URL", "MONGO_USER", "MONGO_PASSWORD"):
-    os.environ.pop(name, None)
+os.environ.pop("CART_DB_WRITE_URL", None)
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +88,7 @@ class Databases:
 def dbs(stack: LocalStack) -> Iterator[Databases]:
     """Empty service databases on the session's servers."""
     os.environ.update(SERVICE_ENV)
-    mongo = MongoClient(stack.mongo_url("admin"), serverSelectionTimeoutMS=20_000)
+    mongo = stack.mongo_client(serverSelectionTimeoutMS=20_000)
     mongo[PRODUCT_DB]["products"].drop()
     mongo[ORDER_DB]["carts"].drop()
     create_order_indexes(mongo[ORDER_DB])

@@ -349,7 +349,10 @@ class sync_endpoints:  # noqa: N801 - used as a context manager
 
     def __init__(self, dbs: Databases, **options: Any) -> None:
         self.cart_db = PostgresResource(url=dbs.stack.pg_url(CART_DB))
-        self.order_db = MongoResource(url=dbs.stack.mongo_url(ORDER_DB), label="Order MongoDB")
+        self.order_db = MongoResource(
+            url=dbs.stack.mongo_url(ORDER_DB), label="Order MongoDB",
+            username=dbs.stack.state.mongo_user, password=dbs.stack.state.mongo_password,
+        )  # fmt: skip
         self.options = options
 
     def __enter__(self) -> CartSyncEndpoints:
