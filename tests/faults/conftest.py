@@ -26,7 +26,7 @@ from pymongo.database import Database
 
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, DAGSTER_DB, ORDER_DB, PRODUCT_DB, LocalStack, free_port
-from tests.conftest import PG_TEST_PASSWORD
+from tests.conftest import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD, TEST_SECRETS
 
 
 @dataclass
@@ -38,13 +38,8 @@ class FaultStack:
     _clients: dict[str, MongoClient] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        """The service's variables pointing at these servers."""
-        return {
-            "PRODUCT_SERVICE_MONGODB_URL": self.main.mongo_url(PRODUCT_DB),
-            "ORDER_SERVICE_MONGODB_URL": self.order.mongo_url(ORDER_DB),
-            "CART_DB_URL": self.main.pg_url(CART_DB),
-            "DAGSTER_PG_URL": self.main.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
-        }
+        """The service's variables pointing at these servers (both MongoDBs take one user)."""
+        return {**self.main.env(), "ORDER_SERVICE_MONGODB_URL": self.order.mongo_url(ORDER_DB)}
 
     # ----- servers -----
     def ensure_up(self) -> None:
@@ -63,7 +58,7 @@ class FaultStack:
     def _client(self, stack: LocalStack) -> MongoClient:
         url = stack.mongo_url("admin")
         if url not in self._clients:
-            self._clients[url] = MongoClient(url, serverSelectionTimeoutMS=20_000, tz_aware=True)
+            self._clients[url] = stack.mongo_client(serverSelectionTimeoutMS=20_000, tz_aware=True)
         return self._clients[url]
 
     @property
@@ -93,10 +88,15 @@ def fault_stack() -> Iterator[FaultStack]:
     """Servers for this package only, on free ports, removed at the end."""
     main_dir = Path(tempfile.mkdtemp(prefix="etl-sync-faults-"))
     order_dir = Path(tempfile.mkdtemp(prefix="etl-sync-faults-order-"))
+    # The same credentials as the session stack: `etl_defs.defs` bound MONGO_USER and
+    # MONGO_PASSWORD when it was imported with them set.
+    credentials = {
+        "pg_password": PG_TEST_PASSWORD, "mongo_user": MONGO_TEST_USER, "mongo_password": MONGO_TEST_PASSWORD,
+    }  # fmt: skip
     stack = FaultStack(
-        main=LocalStack(main_dir, mongo_port=free_port(), pg_port=free_port(), pg_password=PG_TEST_PASSWORD),
+        main=LocalStack(main_dir, mongo_port=free_port(), pg_port=free_port(), **credentials),
         # Only this stack's SecantusDB is started: its PostgreSQL port is never used.
-        order=LocalStack(order_dir, mongo_port=free_port(), pg_port=free_port(), pg_password=PG_TEST_PASSWORD),
+        order=LocalStack(order_dir, mongo_port=free_port(), pg_port=free_port(), **credentials),
     )
     try:
         stack.main.up()
@@ -114,8 +114,7 @@ def faults(fault_stack: FaultStack, monkeypatch: pytest.MonkeyPatch) -> FaultSta
     fault_stack.ensure_up()
     for name, value in fault_stack.env().items():
         monkeypatch.setenv(name, value)
-    for name in ("CART_DB_WRITE_URL", "MONGO_USER", "MONGO_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CART_DB_WRITE_URL", raising=False)
     fault_stack.reset()
     return fault_stack
 
@@ -230,7 +229,8 @@ def step_failure_message(result: dg.ExecuteInProcessResult, step: str) -> str:
     failure = result.failure_data_for_node(step)
     assert failure is not None, f"{step} did not fail"
     everything = failure.error.to_string()
-    assert PG_TEST_PASSWORD not in everything, "a secret leaked into the error"
+    for secret in TEST_SECRETS:
+        assert secret not in everything, "a secret leaked into the error"
     for driver in ("site-packages/psycopg", "site-packages/pymongo", "site-packages/sqlalchemy"):
         assert driver not in everything, f"the error shows {driver} internals:\n{everything}"
     return failure.error.message
