@@ -2,7 +2,8 @@
 
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -41,6 +42,26 @@ def report_metadata(report: SyncReport) -> dict[str, Any]:
     return metadata
 
 
+@contextmanager
+def retried_while_unavailable(context: dg.OpExecutionContext, after_failure: str = "") -> Iterator[None]:
+    """Turn `DatabaseUnavailableError` into a step retry with exponential backoff, and,
+    once retries run out, into a `dg.Failure` whose message names the database.
+
+    Only unreachable databases are retried; bad data never is.
+    """
+    try:
+        yield
+    except DatabaseUnavailableError as error:
+        attempt = context.retry_number
+        if attempt >= MAX_CONNECTION_RETRIES:
+            # A Failure's description is the step failure's message: the database, not a wrapper.
+            note = f"; {after_failure}" if after_failure else ""
+            raise dg.Failure(description=f"{error} (gave up after {attempt} retries{note})", allow_retries=False) from error
+        wait = RETRY_BASE_DELAY_S * 2**attempt
+        context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
+        raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
+
+
 def run_sync_op(
     context: dg.OpExecutionContext,
     config: SyncOpConfig,
@@ -57,27 +78,17 @@ def run_sync_op(
     backoff; bad data is never retried (it is rejected record by record instead).
     """
     try:
-        if config.dry_run:
-            report = _run(context, config, spec, endpoints)
-        else:
-            with lock_db.advisory_lock(spec.name) as lock_still_held:
-                report = _run(context, config, spec, endpoints, lock_still_held)
+        with retried_while_unavailable(context, after_failure="batches written before the fault stay written; "
+                                       "run the sync again once the database is back to repair the rest"):  # fmt: skip
+            if config.dry_run:
+                report = _run(context, config, spec, endpoints)
+            else:
+                with lock_db.advisory_lock(spec.name) as lock_still_held:
+                    report = _run(context, config, spec, endpoints, lock_still_held)
     except SyncStopped as stopped:
         # Dagster's own way to end a terminated step: the run ends CANCELED, not FAILED.
         context.log.warning(str(stopped))
         raise dg.DagsterExecutionInterruptedError(str(stopped)) from None
-    except DatabaseUnavailableError as error:
-        attempt = context.retry_number
-        if attempt >= MAX_CONNECTION_RETRIES:
-            # A Failure's description is the step failure's message: the database, not a wrapper.
-            raise dg.Failure(
-                description=f"{error} (gave up after {attempt} retries; batches written before the fault "
-                "stay written; run the sync again once the database is back to repair the rest)",
-                allow_retries=False,
-            ) from error
-        wait = RETRY_BASE_DELAY_S * 2**attempt
-        context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
-        raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
     metadata = report_metadata(report)
     if not config.dry_run:
         context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
