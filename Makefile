@@ -9,12 +9,13 @@ BIN := $(VENV)/bin
 STACK_ENV := .local/stack.env
 WITH_ENV := set -a && . $(STACK_ENV) && set +a &&
 # Keep the sync summaries, rejections and the run's outcome; a failed run still fails make.
-DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|rejected|RUN_SUCCESS|RUN_FAILURE|Error" || true; }
+DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
+	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
 .PHONY: help install up seed report demo test ui down clean
 
 help:
-	@echo "make demo   set up, start the local stack, seed drift, sync products (dry, then for real)"
+	@echo "make demo   set up, start the local stack, seed drift, run both syncs (dry, then for real)"
 	@echo "make test   set up and run the test suite against real servers"
 	@echo "make ui     the Dagster UI on the local stack (http://127.0.0.1:3000)"
 	@echo "make down   stop the local stack;  make clean  also delete it and the virtualenv"
@@ -37,18 +38,20 @@ report:
 	@$(WITH_ENV) $(BIN)/python -m local report
 
 demo: seed
-	@echo "== drift before the sync"
+	@echo "== drift before the syncs"
 	@$(WITH_ENV) $(BIN)/python -m local report
-	@echo "== product_sync_job, dry run (writes nothing)"
 	@printf 'dry_run: true\n' > .local/dry_run.yaml
-	@$(WITH_ENV) $(BIN)/dagster job execute -m etl_defs -j product_sync_job -c .local/dry_run.yaml 2>&1 \
-		| tee .local/demo-dry-run.log | $(DAGSTER_LOG_FILTER)
-	@echo "== product_sync_job, for real"
-	@$(WITH_ENV) $(BIN)/dagster job execute -m etl_defs -j product_sync_job 2>&1 \
-		| tee .local/demo-run.log | $(DAGSTER_LOG_FILTER)
-	@echo "== drift after the sync"
+	@for job in product_sync_job cart_sync_job; do \
+		echo "== $$job, dry run (writes nothing)"; \
+		$(WITH_ENV) $(BIN)/dagster job execute -m etl_defs -j $$job -c .local/dry_run.yaml 2>&1 \
+			| tee .local/demo-$$job-dry-run.log | $(DAGSTER_LOG_FILTER); \
+		echo "== $$job, for real"; \
+		$(WITH_ENV) $(BIN)/dagster job execute -m etl_defs -j $$job 2>&1 \
+			| tee .local/demo-$$job.log | $(DAGSTER_LOG_FILTER); \
+	done
+	@echo "== drift after the syncs (carts newer in the Order DB are left alone by design)"
 	@$(WITH_ENV) $(BIN)/python -m local report
-	@echo "Full logs: .local/demo-dry-run.log, .local/demo-run.log. See the runs: make ui"
+	@echo "Full logs: .local/demo-*.log. See the runs, checks and assets: make ui"
 
 test: install
 	$(BIN)/python -m pytest

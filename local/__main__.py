@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, state in stack.status().items():
                     print(f"{name}: {state}")
             case "report":
-                from local.report import drift_report  # imports etl_defs, which needs the environment
+                for name, value in stack.env().items():  # etl_defs validates the environment on import
+                    os.environ.setdefault(name, value)
+                from local.report import drift_report
 
                 print(drift_report(stack))
     except StackError as error:
