@@ -45,7 +45,7 @@ from etl_defs.products.endpoints import ProductSyncEndpoints
 from etl_defs.products.ops import PRODUCT_SYNC
 from etl_defs.settings import SyncSettings
 from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, plan_batches
-from etl_defs.sync_op import MAX_CONNECTION_RETRIES, RETRY_BASE_DELAY_S
+from etl_defs.sync_op import retried_while_unavailable
 from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
 ERROR = dg.AssetCheckSeverity.ERROR
@@ -202,15 +202,8 @@ def _run_drift_checks(
     batch_size: int,
 ) -> Iterator[dg.AssetCheckResult]:
     """Plan once, yield the selected checks' results; a database that is down is retried with backoff."""
-    try:
+    with retried_while_unavailable(context.op_execution_context, after_failure="nothing was checked"):
         report = plan_read_only(spec, endpoints, batch_size)
-    except DatabaseUnavailableError as error:
-        attempt = context.op_execution_context.retry_number
-        if attempt >= MAX_CONNECTION_RETRIES:
-            raise
-        wait = RETRY_BASE_DELAY_S * 2**attempt
-        context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
-        raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
     selected = context.selected_asset_check_keys
     for check in checks:
         if check.key not in selected:

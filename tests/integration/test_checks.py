@@ -205,3 +205,22 @@ def test_validation_job_from_the_terminal(dbs: Databases, dagster_env: dict, tmp
     assert "WARN cart_db/product no_orphaned_products: 2 Cart DB products" in result.stderr
     assert "PASSED order_db/carts no_missing_carts: 0 carts" in result.stderr
     assert "RUN_SUCCESS" in result.stderr
+
+
+@pytest.mark.faults
+def test_a_database_down_fails_the_validation_run_after_retries_instead_of_passing(dbs: Databases, instance) -> None:
+    plant_product_drift(dbs)
+    dbs.stack.stop_postgres()
+    try:
+        run = defs.resolve_job_def("validation_job").execute_in_process(instance=instance, raise_on_error=False)
+    finally:
+        dbs.stack.start_postgres()
+
+    assert not run.success
+    assert run.get_asset_check_evaluations() == []  # nothing claimed to pass
+    failures = [event for event in run.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert {event.step_key for event in failures} == {"validate_products", "validate_carts"}
+    assert all("Cart PostgreSQL" in event.step_failure_data.error.message for event in failures)
+    assert all("gave up after 3 retries; nothing was checked" in e.step_failure_data.error.message for e in failures)
+    retries = [event for event in run.all_events if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert len(retries) == 6  # three per check step
