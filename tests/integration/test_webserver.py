@@ -236,3 +236,59 @@ def test_a_real_sync_from_the_ui_is_validated_by_a_run_the_sensor_starts_and_a_d
         assert {"runId": validation["runId"], "status": "SUCCEEDED", "evaluation": {"success": True}} in executions
     # The sensor handles run events in order: it saw the dry run before the real run, and let it pass.
     assert validation_runs(dry_id) == []
+
+
+RUN_TIMES = "query RunTimes($runId: ID!) { runOrError(runId: $runId) { ... on Run { status startTime endTime } } }"
+
+
+def test_two_runs_launched_together_queue_one_behind_the_other(dbs: Databases, dagster_dev: DagsterDev) -> None:
+    docs = [product_doc() for _ in range(12)]
+    dbs.product_db.products.insert_many(docs)
+    config = {"batch_size": 3, "batch_pause_ms": 800}  # ~3 s of writing: long enough to overlap if allowed
+
+    first, second = (dagster_dev.launch("product_sync_job", config) for _ in range(2))
+
+    assert dagster_dev.finished_status(first) == "SUCCESS"
+    assert dagster_dev.finished_status(second) == "SUCCESS"
+    times = sorted(
+        (dagster_dev.graphql(RUN_TIMES, runId=run_id)["runOrError"] for run_id in (first, second)),
+        key=lambda run: run["startTime"],
+    )
+    assert times[0]["endTime"] <= times[1]["startTime"], times  # the queue held one back: no overlap
+    with dbs.cart_conn() as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM product").fetchone() == (12, 12)
+    assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in docs}
+
+
+EVERYTHING_A_UI_SHOWS = """
+{
+  instance { info runLauncher { name } runQueuingSupported }
+  runsOrError { ... on Runs { results {
+    runId jobName status runConfigYaml tags { key value }
+    eventConnection { events { __typename ... on MessageEvent { message }
+      ... on ExecutionStepFailureEvent { error { message stack causes { message stack } } }
+      ... on RunFailureEvent { error { message stack } }
+      ... on MaterializationEvent { metadataEntries { label ... on TextMetadataEntry { text }
+                                                      ... on JsonMetadataEntry { jsonString } } } } }
+  } } }
+  workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+    ... on RepositoryLocation { repositories { allTopLevelResourceDetails {
+      name configFields { name } configuredValues { key value type } } } }
+    ... on PythonError { message stack } } } } }
+}"""
+
+
+def test_graphql_answers_hold_no_secret(dbs: Databases, dagster_dev: DagsterDev) -> None:
+    from tests.conftest import TEST_SECRETS
+
+    dbs.product_db.products.insert_many([product_doc(), product_doc(price="not a number")])
+    run_id = dagster_dev.launch("full_sync_job", {})
+    assert dagster_dev.finished_status(run_id) == "SUCCESS"
+
+    answer = json.dumps(dagster_dev.graphql(EVERYTHING_A_UI_SHOWS))
+
+    assert run_id in answer and "price must be a number" in answer  # the answer covers the run and its events
+    resources = {"MONGO_PASSWORD", "CART_DB_URL"}
+    assert all(name in answer for name in resources)  # resources show the variables' names...
+    leaked = [secret for secret in TEST_SECRETS if secret in answer]
+    assert leaked == []  # ...and never their values
