@@ -1,7 +1,7 @@
 """Asset checks: validation of both syncs (the old `/validate` endpoint) and database reachability.
 
-Validation runs the shared sync core's plan read-only (`plan_batches`; nothing is ever
-written: the endpoints' `write` is never called) and turns its classes into check results
+Validation runs the shared sync core as a dry run (`run_sync(dry_run=True)`: nothing is
+ever written, the endpoints' `write` is never called) and turns its classes into check results
 on the sync's target asset:
 
 - `cart_db/product`: `no_missing_products`, `no_stale_products`, `no_orphaned_products`;
@@ -28,8 +28,6 @@ sensor (`etl_defs.sensors`) records their results on its cadence; they can also 
 on demand from the UI.
 """
 
-import contextlib
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +42,7 @@ from etl_defs.carts.ops import CART_SYNC
 from etl_defs.products.endpoints import ProductSyncEndpoints
 from etl_defs.products.ops import PRODUCT_SYNC
 from etl_defs.settings import SyncSettings
-from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, plan_batches
+from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, run_sync
 from etl_defs.sync_op import retried_while_unavailable
 from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
@@ -137,28 +135,6 @@ PRODUCT_CHECK_KEYS = [check.key for check in PRODUCT_CHECKS]
 CART_CHECK_KEYS = [check.key for check in CART_CHECKS]
 
 
-def plan_read_only(spec: SyncSpec, endpoints: SyncEndpoints, batch_size: int) -> SyncReport:
-    """Counts and sample keys of every class, from the sync core's plan; writes nothing.
-
-    `SyncReport.add_plan` keeps at most five sample keys per class, so memory stays one
-    batch per side however large the tables are.
-    """
-    report: SyncReport = SyncReport(pipeline=spec.name, dry_run=True)
-    started = time.perf_counter()
-    source, target = endpoints.source_batches(batch_size), endpoints.target_batches(batch_size)
-    try:
-        for plan in plan_batches(spec, source, target, batch_size):
-            report.batches += 1
-            report.add_plan(plan, spec)
-    finally:
-        # Release both reads (cursors, pooled connections) now, also when a database went away.
-        for stream in (source, target):
-            with contextlib.suppress(Exception):
-                stream.close()  # type: ignore[attr-defined]
-    report.duration_s = time.perf_counter() - started
-    return report
-
-
 def drift_result(check: DriftCheck, report: SyncReport) -> dg.AssetCheckResult:
     """The result of one validation check from a read-only plan."""
     count = sum(report.counts[change] for change in check.classes)
@@ -203,7 +179,8 @@ def _run_drift_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     """Plan once, yield the selected checks' results; a database that is down is retried with backoff."""
     with retried_while_unavailable(context.op_execution_context, after_failure="nothing was checked"):
-        report = plan_read_only(spec, endpoints, batch_size)
+        # The sync core's own loop, dry: the same plan a real run would make, nothing written.
+        report = run_sync(spec, endpoints, batch_size=batch_size, dry_run=True, log=context.log)
     selected = context.selected_asset_check_keys
     for check in checks:
         if check.key not in selected:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
@@ -81,6 +82,33 @@ class MongoResource(dg.ConfigurableResource):
     def collection(self, name: str) -> Collection:
         """A collection of this database."""
         return self.database()[name]
+
+    def find_in_batches(
+        self,
+        collection: str,
+        query: Mapping[str, Any],
+        projection: Mapping[str, Any],
+        *,
+        order_by: str,
+        index: str,
+        batch_size: int,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Matching documents in ascending `order_by` order, walking `index`, as lists of `batch_size`.
+
+        The hint matters: without it a server may plan a collection scan and an in-memory sort.
+        """
+        with self.translated_errors():
+            cursor = (
+                self.collection(collection).find(query, projection).sort(order_by, 1).hint(index).batch_size(batch_size)
+            )
+            batch: list[dict[str, Any]] = []
+            for doc in cursor:
+                batch.append(doc)
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
     def ping(self) -> float:
         """Round trip of a `ping` command in seconds; `DatabaseUnavailableError` when down."""

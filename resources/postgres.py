@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager, suppress
 
 import dagster as dg
@@ -110,6 +111,20 @@ class PostgresResource(dg.ConfigurableResource):
             raise
         finally:
             pooled.close()
+
+    def scan_in_batches(
+        self, query: str, params: Sequence[Any] = (), *, batch_size: int, cursor_name: str = "etl_sync_scan"
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The query's rows through a server-side cursor, as lists of `batch_size`: memory
+        holds one batch, whatever the table size."""
+        with self.connection() as conn:
+            conn.autocommit = False
+            with conn.cursor(name=cursor_name) as cursor:
+                cursor.itersize = batch_size
+                cursor.execute(query, params)
+                while rows := cursor.fetchmany(batch_size):
+                    yield rows
+            conn.rollback()
 
     def ping(self) -> float:
         """Round trip of `SELECT 1` in seconds; `DatabaseUnavailableError` when down."""

@@ -112,17 +112,9 @@ class CartSyncEndpoints:
 
     def source_batches(self, batch_size: int) -> Iterator[Sequence[JoinedCart]]:
         """Carts joined with their product in `cart.id` order, through a server-side cursor."""
-        with self.cart_db.connection() as conn:
-            conn.autocommit = False
-            with conn.cursor(name="cart_sync_scan") as cursor:
-                cursor.itersize = batch_size
-                if self.user_id is None:
-                    cursor.execute(SCAN_SQL)
-                else:
-                    cursor.execute(SCAN_ONE_USER_SQL, (self.user_id,))
-                while rows := cursor.fetchmany(batch_size):
-                    yield [JoinedCart._make(row) for row in rows]
-            conn.rollback()
+        query, params = (SCAN_SQL, ()) if self.user_id is None else (SCAN_ONE_USER_SQL, (self.user_id,))
+        for rows in self.cart_db.scan_in_batches(query, params, batch_size=batch_size, cursor_name="cart_sync_scan"):
+            yield [JoinedCart._make(row) for row in rows]
 
     def target_batches(self, batch_size: int) -> Iterator[Sequence[dict[str, Any]]]:
         """Order `carts` documents in `cartId` order (the `cartId_1` index walk).
@@ -131,22 +123,9 @@ class CartSyncEndpoints:
         BSON types would break the byte order the merge relies on.
         """
         query = {"cartId": {"$type": "string"}, **self._user_filter}
-        with self.order_db.translated_errors():
-            cursor = (
-                self.order_db.collection(ORDER_CARTS)
-                .find(query, CART_DOC_PROJECTION)
-                .sort("cartId", 1)
-                .hint(CART_ID_INDEX)
-                .batch_size(batch_size)
-            )
-            batch: list[dict[str, Any]] = []
-            for doc in cursor:
-                batch.append(doc)
-                if len(batch) >= batch_size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+        return self.order_db.find_in_batches(
+            ORDER_CARTS, query, CART_DOC_PROJECTION, order_by="cartId", index=CART_ID_INDEX, batch_size=batch_size
+        )
 
     def write(self, plan: BatchPlan[CartRow, Mapping[str, Any]]) -> WriteResult:
         """One unordered bulk write: insert missing, update outdated and changed under a version guard.

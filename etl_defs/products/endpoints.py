@@ -71,33 +71,14 @@ class ProductSyncEndpoints:
 
     def source_batches(self, batch_size: int) -> Iterator[Sequence[dict[str, Any]]]:
         """Product documents in `_id` order (the `_id_` index walk), `batch_size` at a time."""
-        with self.product_db.translated_errors():
-            cursor = (
-                self.product_db.collection("products")
-                .find({}, PRODUCT_PROJECTION)
-                .sort("_id", 1)
-                .hint("_id_")
-                .batch_size(batch_size)
-            )
-            batch: list[dict[str, Any]] = []
-            for doc in cursor:
-                batch.append(doc)
-                if len(batch) >= batch_size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+        return self.product_db.find_in_batches(
+            "products", {}, PRODUCT_PROJECTION, order_by="_id", index="_id_", batch_size=batch_size
+        )
 
     def target_batches(self, batch_size: int) -> Iterator[Sequence[ProductRow]]:
         """`product` rows in `id COLLATE "C"` order through a server-side cursor."""
-        with self.cart_db.connection() as conn:
-            conn.autocommit = False
-            with conn.cursor(name="product_sync_scan") as cursor:
-                cursor.itersize = batch_size
-                cursor.execute(SCAN_SQL)
-                while rows := cursor.fetchmany(batch_size):
-                    yield [ProductRow._make(row) for row in rows]
-            conn.rollback()
+        for rows in self.cart_db.scan_in_batches(SCAN_SQL, batch_size=batch_size, cursor_name="product_sync_scan"):
+            yield [ProductRow._make(row) for row in rows]
 
     def write(self, plan: BatchPlan[ProductRow, ProductRow]) -> WriteResult:
         """Insert the plan's missing rows and update its changed ones, in one transaction."""
