@@ -225,10 +225,15 @@ class LocalStack:
                     "createUser", self.state.mongo_user, pwd=self.state.mongo_password,
                     roles=[{"role": "root", "db": "admin"}],
                 )  # fmt: skip
+                client.admin.command("fsync")  # the user must survive even a hard stop below
             finally:
                 client.close()
             setup.terminate()
-            setup.wait(timeout=30)
+            try:
+                setup.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # seen on a heavily loaded machine
+                setup.kill()
+                setup.wait(timeout=30)
             auth_ready.touch()
         return self._spawn_mongo(auth=bool(self.state.mongo_user)).pid
 
