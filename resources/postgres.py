@@ -32,6 +32,26 @@ def describe_postgres_url(url: str) -> str:
     return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
 
 
+def column_type_problems(conn: psycopg.Connection, table: str, expected: dict[str, str]) -> list[str]:
+    """How `table`'s columns differ from `expected` (name -> information_schema data_type); empty when they fit."""
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = %s",
+        (table,),
+    ).fetchall()
+    conn.rollback()
+    if not rows:
+        return [f"table '{table}' does not exist"]
+    found = dict(rows)
+    problems = []
+    for column, data_type in expected.items():
+        if column not in found:
+            problems.append(f"column {table}.{column} is missing")
+        elif found[column] != data_type:
+            problems.append(f"column {table}.{column} is {found[column]}, expected {data_type}")
+    return problems
+
+
 def _lock_key(name: str) -> int:
     value = zlib.crc32(name.encode())
     return value - (1 << 32) if value >= (1 << 31) else value

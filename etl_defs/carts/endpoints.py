@@ -16,6 +16,7 @@ from etl_defs.products.endpoints import product_schema_problems
 from etl_defs.sync.plan import BatchPlan, Rejection
 from etl_defs.sync.runner import WriteResult
 from resources import MongoResource, PostgresResource
+from resources.postgres import column_type_problems
 
 ORDER_CARTS = "carts"
 #: The Order service's unique index on `cartId`; the target scan walks it (`hint`).
@@ -44,22 +45,7 @@ STILL_IN_CART_DB_SQL = "SELECT id::text FROM cart WHERE id = ANY(%s::uuid[])"
 
 def cart_schema_problems(conn: psycopg.Connection) -> list[str]:
     """What is wrong with the Cart DB's `cart` and `product` tables for this sync (empty when fine)."""
-    rows = conn.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = 'cart'"
-    ).fetchall()
-    conn.rollback()
-    problems = []
-    if not rows:
-        problems.append("table 'cart' does not exist")
-    else:
-        found = dict(rows)
-        for column, expected in EXPECTED_CART_TYPES.items():
-            if column not in found:
-                problems.append(f"column cart.{column} is missing")
-            elif found[column] != expected:
-                problems.append(f"column cart.{column} is {found[column]}, expected {expected}")
-    return problems + product_schema_problems(conn)
+    return column_type_problems(conn, "cart", EXPECTED_CART_TYPES) + product_schema_problems(conn)
 
 
 def order_index_problems(order_db: MongoResource) -> list[str]:

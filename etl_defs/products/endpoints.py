@@ -11,6 +11,7 @@ from etl_defs.products.transform import PRODUCT_PROJECTION, ProductRow
 from etl_defs.sync.plan import BatchPlan, Rejection
 from etl_defs.sync.runner import WriteResult
 from resources import MongoResource, PostgresResource
+from resources.postgres import column_type_problems
 
 PRODUCT_COLUMNS = ("id", "title", "price", "image", "sellerId", "quantity")
 EXPECTED_PRODUCT_TYPES = {
@@ -43,21 +44,7 @@ UPSERT_SQL = (
 
 def product_schema_problems(conn: psycopg.Connection) -> list[str]:
     """What is wrong with the Cart DB's `product` table for this sync (empty when fine)."""
-    rows = conn.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = 'product'"
-    ).fetchall()
-    conn.rollback()
-    if not rows:
-        return ["table 'product' does not exist"]
-    found = dict(rows)
-    problems = []
-    for column, expected in EXPECTED_PRODUCT_TYPES.items():
-        if column not in found:
-            problems.append(f"column product.{column} is missing")
-        elif found[column] != expected:
-            problems.append(f"column product.{column} is {found[column]}, expected {expected}")
-    return problems
+    return column_type_problems(conn, "product", EXPECTED_PRODUCT_TYPES)
 
 
 class ProductSyncEndpoints:
