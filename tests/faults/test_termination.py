@@ -25,7 +25,7 @@ from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster_graphql.client.client_queries import TERMINATE_RUN_JOB_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from tests.conftest import REPO
+from tests.session import REPO
 from tests.faults.conftest import FaultStack, sync_sessions, wait_until, write_held_mid_statement
 from tests.faults.scenarios import ProductScenario
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from etl_defs import defs
 from etl_defs.products.transform import PG_INT_MAX, PG_INT_MIN, ProductRow, transform_product
 from etl_defs.sync import Rejection
-from tests.conftest import Databases
+from tests.session import Databases
 from tests.factories import DROP, expected_row, product_doc
 
 DUPLICATE_ID = ObjectId()

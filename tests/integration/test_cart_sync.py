@@ -27,7 +27,7 @@ from local.demo_data import DEMO_USER, seed_carts, seed_products
 from local.report import CART_JOIN_SQL, cart_drift
 from local.stack import CART_DB, ORDER_DB
 from resources import MongoResource, PostgresResource
-from tests.conftest import Databases
+from tests.session import Databases
 
 _numbers = itertools.count(1)
 SYNCED_FIELDS = (

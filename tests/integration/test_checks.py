@@ -13,7 +13,7 @@ from etl_defs import defs, settings
 from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
-from tests.conftest import Databases
+from tests.session import Databases
 from tests.factories import expected_row, product_doc
 from tests.integration.test_cli import dagster_env, dagster_job_execute  # noqa: F401 - fixture
 

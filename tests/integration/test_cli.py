@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from local.stack import DAGSTER_DB
-from tests.conftest import REPO, Databases
+from tests.session import REPO, Databases
 from tests.factories import expected_row, product_doc
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")

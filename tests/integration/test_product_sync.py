@@ -11,7 +11,7 @@ from bson import ObjectId
 
 from etl_defs import defs
 from etl_defs.assets import CART_DB_PRODUCT
-from tests.conftest import Databases
+from tests.session import Databases
 from tests.factories import DROP, expected_row, product_doc
 
 

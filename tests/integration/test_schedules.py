@@ -14,7 +14,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from etl_defs import defs, settings
 from etl_defs.definitions import build_definitions
-from tests.conftest import REPO, Databases
+from tests.session import REPO, Databases
 from tests.factories import product_doc
 from tests.integration.test_cli import DAGSTER, dagster_env  # noqa: F401 - fixture
 

@@ -19,7 +19,7 @@ import pytest
 
 from etl_defs import defs
 from local.stack import DAGSTER_DB
-from tests.conftest import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
+from tests.session import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
 from tests.factories import DROP, product_doc
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")

@@ -16,7 +16,7 @@ from etl_defs.assets import CART_DB_CART, CART_DB_PRODUCT, ORDER_DB_CARTS, PRODU
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, REACHABILITY_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
 from etl_defs.sensors import VALIDATES_RUN_TAG, health_check_due
-from tests.conftest import Databases
+from tests.session import Databases
 from tests.factories import product_doc
 
 ALL_TABLES = {PRODUCT_DB_PRODUCTS, CART_DB_PRODUCT, CART_DB_CART, ORDER_DB_CARTS}

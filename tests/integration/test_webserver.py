@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from local.stack import DAGSTER_DB, LocalStack, free_port
-from tests.conftest import REPO, Databases
+from tests.session import REPO, Databases
 from tests.factories import expected_row, product_doc
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -156,8 +156,7 @@ def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
     port = free_port()
     env = {
         **os.environ,
-        # The session stack's URLs, whatever os.environ holds now: importing `tests.conftest` from a test
-        # module runs it a second time (pytest imported it as `conftest`), with other ports.
+        # The session stack's URLs, whatever a test before this one left in os.environ.
         **stack.env(),
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_URL": stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
@@ -279,7 +278,7 @@ EVERYTHING_A_UI_SHOWS = """
 
 
 def test_graphql_answers_hold_no_secret(dbs: Databases, dagster_dev: DagsterDev) -> None:
-    from tests.conftest import TEST_SECRETS
+    from tests.session import TEST_SECRETS
 
     dbs.product_db.products.insert_many([product_doc(), product_doc(price="not a number")])
     run_id = dagster_dev.launch("full_sync_job", {})

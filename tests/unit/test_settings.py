@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from etl_defs.settings import SettingsError, load_settings, mask_secrets
-from tests.conftest import REPO
+from tests.session import REPO
 
 GOOD = {
     "PRODUCT_SERVICE_MONGODB_URL": "mongodb://db.internal:27017/product",
