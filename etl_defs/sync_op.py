@@ -2,7 +2,7 @@
 
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -11,7 +11,7 @@ from pydantic import Field
 
 from etl_defs.settings import MAX_BATCH_SIZE
 from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, SyncStopped, run_sync
-from resources import DatabaseUnavailableError, PostgresResource
+from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
 #: A database that went away is retried this often, with exponential backoff.
 MAX_CONNECTION_RETRIES = 3
@@ -60,6 +60,26 @@ def retried_while_unavailable(context: dg.OpExecutionContext, after_failure: str
         wait = RETRY_BASE_DELAY_S * 2**attempt
         context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
         raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
+
+
+def check_sync_ready(
+    context: dg.OpExecutionContext,
+    *,
+    pipeline: str,
+    databases: Sequence[MongoResource | PostgresResource],
+    target: str,
+    find_problems: Callable[[], list[str]],
+) -> None:
+    """A sync's preflight: ping each database (retried while unavailable), then fail the run,
+    without retries, when `find_problems` reports a schema or index the sync cannot work with."""
+    with retried_while_unavailable(context):
+        for database in databases:
+            context.log.info(f"{database.where} answered in {database.ping() * 1000:.1f} ms")
+        problems = find_problems()
+    if problems:
+        raise dg.Failure(
+            description=f"{target} cannot take the {pipeline} sync: " + "; ".join(problems), allow_retries=False
+        )
 
 
 def run_sync_op(

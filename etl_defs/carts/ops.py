@@ -9,7 +9,7 @@ from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints, cart_schema_problems, order_index_problems
 from etl_defs.carts.transform import cart_doc_key, cart_key, compare_carts, transform_cart
 from etl_defs.sync import SyncSpec
-from etl_defs.sync_op import SyncOpConfig, retried_while_unavailable, run_sync_op
+from etl_defs.sync_op import SyncOpConfig, check_sync_ready, run_sync_op
 from resources import MongoResource, PostgresResource
 
 CART_SYNC = SyncSpec(
@@ -34,17 +34,17 @@ class CartSyncOpConfig(SyncOpConfig):
 
 @dg.op(description="Check that the Cart PostgreSQL and the Order MongoDB answer, and their tables and indexes fit.")
 def check_cart_sync_ready(context: dg.OpExecutionContext, cart_db: PostgresResource, order_db: MongoResource) -> None:
-    with retried_while_unavailable(context):
-        context.log.info(f"{cart_db.where} answered in {cart_db.ping() * 1000:.1f} ms")
-        context.log.info(f"{order_db.where} answered in {order_db.ping() * 1000:.1f} ms")
+    def problems() -> list[str]:
         with cart_db.connection() as conn:
-            problems = cart_schema_problems(conn)
-        problems += order_index_problems(order_db)
-    if problems:
-        raise dg.Failure(
-            description=f"{cart_db.where} -> {order_db.where} cannot take the cart sync: " + "; ".join(problems),
-            allow_retries=False,
-        )
+            return cart_schema_problems(conn) + order_index_problems(order_db)
+
+    check_sync_ready(
+        context,
+        pipeline="cart",
+        databases=[cart_db, order_db],
+        target=f"{cart_db.where} -> {order_db.where}",
+        find_problems=problems,
+    )
 
 
 @dg.op(

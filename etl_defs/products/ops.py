@@ -8,7 +8,7 @@ from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.products.endpoints import ProductSyncEndpoints, product_schema_problems
 from etl_defs.products.transform import compare_products, product_key, transform_product
 from etl_defs.sync import SyncSpec
-from etl_defs.sync_op import SyncOpConfig, retried_while_unavailable, run_sync_op
+from etl_defs.sync_op import SyncOpConfig, check_sync_ready, run_sync_op
 from resources import MongoResource, PostgresResource
 
 PRODUCT_SYNC = SyncSpec(
@@ -22,16 +22,13 @@ PRODUCT_SYNC = SyncSpec(
 
 @dg.op(description="Check that the Product MongoDB and the Cart PostgreSQL answer and the product table fits.")
 def check_product_sync_ready(context: dg.OpExecutionContext, product_db: MongoResource, cart_db: PostgresResource) -> None:
-    with retried_while_unavailable(context):
-        context.log.info(f"{product_db.where} answered in {product_db.ping() * 1000:.1f} ms")
-        context.log.info(f"{cart_db.where} answered in {cart_db.ping() * 1000:.1f} ms")
+    def problems() -> list[str]:
         with cart_db.connection() as conn:
-            problems = product_schema_problems(conn)
-    if problems:
-        raise dg.Failure(
-            description=f"{cart_db.where} cannot take the product sync: " + "; ".join(problems),
-            allow_retries=False,
-        )
+            return product_schema_problems(conn)
+
+    check_sync_ready(
+        context, pipeline="product", databases=[product_db, cart_db], target=cart_db.where, find_problems=problems
+    )
 
 
 @dg.op(
