@@ -25,7 +25,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from local.schema import create_cart_schema, create_order_indexes
-from local.stack import CART_DB, DAGSTER_DB, ORDER_DB, PRODUCT_DB, LocalStack, free_port
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, free_port
 from tests.session import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD, TEST_SECRETS
 
 

@@ -15,7 +15,7 @@ from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHEC
 from etl_defs.definitions import build_definitions
 from tests.session import Databases
 from tests.factories import expected_row, product_doc
-from tests.integration.test_cli import dagster_env, dagster_job_execute  # noqa: F401 - fixture
+from tests.integration.helpers import dagster_job_execute
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
@@ -195,7 +195,7 @@ def test_one_check_can_run_alone(dbs: Databases, instance) -> None:
     assert CART_CHECK_KEYS[0] not in {e.asset_check_key for e in run.get_asset_check_evaluations()}
 
 
-def test_validation_job_from_the_terminal(dbs: Databases, dagster_env: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_validation_job_from_the_terminal(dbs: Databases, dagster_env: dict, tmp_path: Path) -> None:
     plant_product_drift(dbs)
 
     result = dagster_job_execute(dagster_env, "validation_job", None, tmp_path)

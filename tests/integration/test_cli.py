@@ -2,41 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from local.stack import DAGSTER_DB
-from tests.session import REPO, Databases
 from tests.factories import expected_row, product_doc
-
-DAGSTER = str(Path(sys.executable).parent / "dagster")
-
-
-@pytest.fixture()
-def dagster_env(dbs: Databases, tmp_path: Path) -> dict[str, str]:
-    """The service environment plus a DAGSTER_HOME whose instance lives in PostgreSQL."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    return {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": dbs.stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
-    }
-
-
-def dagster_job_execute(env: dict[str, str], job: str, config: str | None, tmp_path: Path) -> subprocess.CompletedProcess:
-    args = [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", job]
-    if config is not None:
-        path = tmp_path / "run_config.yaml"
-        path.write_text(config)
-        args += ["-c", str(path)]
-    return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+from tests.integration.helpers import dagster_job_execute
+from tests.session import Databases
 
 
 def test_a_dry_run_then_a_real_run_from_the_terminal(dbs: Databases, dagster_env: dict, tmp_path: Path) -> None:

@@ -1,11 +1,9 @@
 """The sync schedules on a real Dagster instance and real servers; `dagster schedule|sensor list` from the terminal."""
 
-import os
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,7 +14,7 @@ from etl_defs import defs, settings
 from etl_defs.definitions import build_definitions
 from tests.session import REPO, Databases
 from tests.factories import product_doc
-from tests.integration.test_cli import DAGSTER, dagster_env  # noqa: F401 - fixture
+from tests.integration.helpers import DAGSTER
 
 
 @pytest.fixture()
@@ -169,7 +167,7 @@ def dagster_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([DAGSTER, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_schedule_and_sensor_list_show_stopped_when_the_scheduler_is_disabled(dagster_env: dict) -> None:  # noqa: F811
+def test_schedule_and_sensor_list_show_stopped_when_the_scheduler_is_disabled(dagster_env: dict) -> None:
     env = {**dagster_env, "ENABLE_SCHEDULER": "false"}
 
     schedules = dagster_cli(env, "schedule", "list", "-m", "etl_defs")
@@ -183,7 +181,7 @@ def test_schedule_and_sensor_list_show_stopped_when_the_scheduler_is_disabled(da
     assert "Sensor: validate_after_sync_sensor [RUNNING]" in sensors.stdout
 
 
-def test_schedule_and_sensor_list_show_running_when_the_scheduler_is_enabled(dagster_env: dict) -> None:  # noqa: F811
+def test_schedule_and_sensor_list_show_running_when_the_scheduler_is_enabled(dagster_env: dict) -> None:
     env = {**dagster_env, "ENABLE_SCHEDULER": "true"}
 
     schedules = dagster_cli(env, "schedule", "list", "-w", "workspace.yaml")
@@ -195,7 +193,7 @@ def test_schedule_and_sensor_list_show_running_when_the_scheduler_is_enabled(dag
     assert "Sensor: databases_health_sensor [RUNNING]" in sensors.stdout
 
 
-def test_dagster_home_is_needed_to_list_schedules(dagster_env: dict) -> None:  # noqa: F811
+def test_dagster_home_is_needed_to_list_schedules(dagster_env: dict) -> None:
     env = {k: v for k, v in dagster_env.items() if k != "DAGSTER_HOME"}
 
     result = dagster_cli(env, "schedule", "list", "-m", "etl_defs")

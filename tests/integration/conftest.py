@@ -1,0 +1,85 @@
+"""Fixtures of the integration tests: a Dagster instance in PostgreSQL for the CLI, and `dagster dev`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local.stack import DAGSTER_DB, LocalStack, free_port
+from tests.integration.helpers import (
+    DAGSTER,
+    LOCATION,
+    REPOSITORY,
+    SENSOR_TICKS,
+    DagsterDev,
+    answers,
+    group_alive,
+    stop_process_group,
+)
+from tests.session import REPO, Databases
+
+
+@pytest.fixture()
+def dagster_env(dbs: Databases, tmp_path: Path) -> dict[str, str]:
+    """The service environment plus a DAGSTER_HOME whose instance lives in PostgreSQL."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": dbs.stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
+    }
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
+    home = tmp_path_factory.mktemp("dagster_dev_home")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    env = {
+        **os.environ,
+        # The session stack's URLs, whatever a test before this one left in os.environ.
+        **stack.env(),
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
+        "ENABLE_SCHEDULER": "false",  # no schedule ticks or health pings during the test
+    }
+    log = home / "dagster-dev.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    server = DagsterDev(f"http://127.0.0.1:{port}", log, env)
+    try:
+        server.wait_for("the webserver to answer", lambda: process.poll() is None and answers(server.url))
+        server.wait_for(
+            f"code location {LOCATION} to load",
+            lambda: LOCATION in json.dumps(server.graphql("{ repositoriesOrError { ... on RepositoryConnection "
+                                                          "{ nodes { name location { name } } } } }")),
+        )  # fmt: skip
+        # Its first tick validates the newest syncs of earlier tests: wait for it, so tests see only their own.
+        selector = {
+            "repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "validate_after_sync_sensor",
+        }  # fmt: skip
+        server.wait_for(
+            "validate_after_sync_sensor's first tick",
+            lambda: server.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]["sensorState"]["ticks"],
+        )
+        yield server
+    finally:
+        stop_process_group(process)
+        assert process.poll() is not None, "dagster dev is still running"
+        deadline = time.monotonic() + 15
+        while group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not group_alive(process.pid), "a process dagster dev started is still running"
