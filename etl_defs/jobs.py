@@ -23,8 +23,25 @@ def _sync_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
     }
 
 
-class InvalidRunConfigError(ValueError):
-    """A run config value is out of range; raised before the run starts."""
+class InvalidRunConfigError(dg.DagsterError):
+    """A run config value is out of range; raised before the run starts.
+
+    A `dg.DagsterError`, so that Dagster passes it on as it is (the terminal's last line, the
+    UI's launch error) instead of wrapping it in "the config mapping function has thrown an
+    unexpected error".
+    """
+
+
+def _allowed(config_class: type[SyncOpConfig], name: str) -> str:
+    """The range a numeric field allows, from its pydantic bounds: ' (allowed: 1 to 100000)'."""
+    bounds = {}
+    for constraint in config_class.model_fields[name].metadata:
+        for kind in ("ge", "le"):
+            if getattr(constraint, kind, None) is not None:
+                bounds[kind] = getattr(constraint, kind)
+    if set(bounds) == {"ge", "le"}:
+        return f" (allowed: {bounds['ge']} to {bounds['le']})"
+    return ""
 
 
 def _op_config(config: dict[str, Any], config_class: type[SyncOpConfig] = SyncOpConfig) -> dict[str, Any]:
@@ -34,7 +51,8 @@ def _op_config(config: dict[str, Any], config_class: type[SyncOpConfig] = SyncOp
         validated = config_class(**fields)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}={fields.get(str(e['loc'][0]))!r}: {e['msg']}" for e in error.errors()
+            f"{e['loc'][0]}={fields.get(str(e['loc'][0]))!r}: {e['msg']}{_allowed(config_class, str(e['loc'][0]))}"
+            for e in error.errors()
         )
         raise InvalidRunConfigError(f"invalid run config: {problems}") from None
     return {"config": validated.model_dump()}
@@ -109,14 +127,10 @@ def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
     @dg.config_mapping(config_schema=schema)
     def full_sync_config(config: dict[str, Any]) -> dict[str, Any]:
-        override = config.get("batch_size")
-        products = {**config, "batch_size": override or settings.sync_batch_size}
-        return {
-            "ops": {
-                "sync_products": _op_config(products),
-                "sync_carts": _cart_op_config(config, override or settings.cart_sync_batch_size),
-            }
-        }
+        override = config.get("batch_size")  # None: each sync keeps its own default; 0 is refused, not a default
+        products = {**config, "batch_size": settings.sync_batch_size if override is None else override}
+        carts_batch_size = settings.cart_sync_batch_size if override is None else override
+        return {"ops": {"sync_products": _op_config(products), "sync_carts": _cart_op_config(config, carts_batch_size)}}
 
     @dg.job(
         config=full_sync_config,

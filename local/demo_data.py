@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
@@ -29,6 +29,8 @@ class DemoCounts:
     missing_in_cart_db: int
     stale_in_cart_db: int
     malformed: int
+    #: Ids of the products whose Cart DB row is stale: the product sync updates them.
+    stale_ids: frozenset[str] = field(default_factory=frozenset)
 
 
 def _product(rng: random.Random, index: int) -> dict:
@@ -67,7 +69,8 @@ def seed_products(
     product_db["products"].drop()
     product_db["products"].insert_many(docs + malformed)
 
-    missing = stale = 0
+    missing = 0
+    stale_ids = set()
     rows = []
     for i, doc in enumerate(docs):
         if i % 10 == 3:
@@ -75,7 +78,7 @@ def seed_products(
             continue
         price, title = doc["price"], doc["title"]
         if i % 10 == 5:
-            stale += 1
+            stale_ids.add(str(doc["_id"]))
             price, title = (price + 50, title) if i % 20 == 5 else (price, title + " (old title)")
         rows.append((str(doc["_id"]), title, price, doc["image"], str(doc["sellerId"]), doc.get("quantity") or 0))
     with cart_conn.transaction():
@@ -83,7 +86,10 @@ def seed_products(
         with cart_conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy:
             for row in rows:
                 copy.write_row(row)
-    return DemoCounts(products=products, missing_in_cart_db=missing, stale_in_cart_db=stale, malformed=len(malformed))
+    return DemoCounts(
+        products=products, missing_in_cart_db=missing, stale_in_cart_db=len(stale_ids), malformed=len(malformed),
+        stale_ids=frozenset(stale_ids),
+    )  # fmt: skip
 
 
 def new_cart_id(rng: random.Random) -> uuid.UUID:
@@ -106,6 +112,8 @@ class CartDemoCounts:
     outdated_in_order_db: int
     stale_in_order_db: int
     newer_in_order_db: int
+    #: Carts up to date in the Order DB whose product the product sync updates: then they are stale too.
+    stale_after_product_sync: int
     orphaned_in_order_db: int
     unsyncable: int
     demo_user_carts: int
@@ -124,7 +132,12 @@ def _order_doc(cart: tuple, product: tuple) -> dict:
 
 
 def seed_carts(
-    cart_conn: psycopg.Connection, order_db: Database, *, carts: int = 300, seed: int = 11
+    cart_conn: psycopg.Connection,
+    order_db: Database,
+    *,
+    carts: int = 300,
+    seed: int = 11,
+    stale_product_ids: frozenset[str] = frozenset(),
 ) -> CartDemoCounts:
     """Replace the Cart DB's carts and the Order DB's copies with demo data that has drifted.
 
@@ -132,7 +145,9 @@ def seed_carts(
     missing in the Order DB, one has an older version there, one the same version with a
     stale product price, one a newer version there; ten Order carts are orphans; three
     carts cannot be synced (two name a product row that does not exist, one has quantity
-    0). The users are demo-user-1 .. demo-user-12.
+    0). The users are demo-user-1 .. demo-user-12. Carts of `stale_product_ids` (products
+    whose Cart DB row is stale) that are otherwise up to date are counted apart: the product
+    sync changes their product, so the cart sync then finds them changed too.
     """
     rng = random.Random(seed)
     products = cart_conn.execute(
@@ -142,7 +157,7 @@ def seed_carts(
     if not products:
         raise ValueError("the Cart DB has no products: seed the products first")
     rows, docs = [], []
-    counts = CartDemoCounts(carts, 0, 0, 0, 0, 0, 0, 0)
+    counts = CartDemoCounts(carts, 0, 0, 0, 0, 0, 0, 0, 0)
     for i in range(carts):
         product = rng.choice(products)
         version = rng.randrange(2, 6)
@@ -168,6 +183,8 @@ def seed_carts(
                 doc["version"] = version + 1  # the Order service is ahead: never overwritten
                 doc["cartQuantity"] = cart[1] + 2
                 doc["total"] = doc["productPrice"] * doc["cartQuantity"]
+            case _:
+                counts.stale_after_product_sync += product[0] in stale_product_ids
         docs.append(doc)
     for _ in range(10):
         orphan = (new_cart_id(rng), 1, rng.choice(DEMO_USERS), 1, None)

@@ -89,6 +89,10 @@ class BatchPlan(Generic[Row, Tgt]):
         """How many source records this plan covers."""
         return self.size - len(self.orphaned)
 
+    def count(self, change: Change) -> int:
+        """How many keys of one class this plan holds (its fields are named after the classes)."""
+        return len(getattr(self, change.value))
+
     def keys(self, change: Change, spec: SyncSpec) -> list[str]:
         """The keys of one class, for reports and samples."""
         match change:

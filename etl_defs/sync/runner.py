@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
@@ -108,12 +108,20 @@ class SyncReport(Generic[Row, Tgt]):
     def summary(self) -> str:
         """One line for logs and the terminal."""
         head = "DRY RUN (nothing written)" if self.dry_run else "applied"
-        plan = ", ".join(f"{change.value}={self.counts[change]}" for change in Change)
-        done = f"inserted={self.inserted}, updated={self.updated}, deleted={self.deleted}"
+        done = written(self.inserted, self.updated, self.deleted)
         return (
-            f"{self.pipeline} sync {head}: source_rows={self.source_rows}, {plan}; {done}; "
+            f"{self.pipeline} sync {head}: source_rows={self.source_rows}, {classes(self.counts)}; {done}; "
             f"{self.duration_s:.2f}s, {self.rows_per_s:.0f} rows/s"
         )
+
+
+def classes(counts: Mapping[Change, int]) -> str:
+    """`missing=.., changed=.., ...`: every class, in one order, for the summary and the batch lines."""
+    return ", ".join(f"{change.value}={counts[change]}" for change in Change)
+
+
+def written(inserted: int, updated: int, deleted: int) -> str:
+    return f"inserted={inserted}, updated={updated}, deleted={deleted}"
 
 
 def run_sync(
@@ -124,7 +132,6 @@ def run_sync(
     dry_run: bool,
     log: logging.Logger | Any,
     batch_pause_s: float = 0.0,
-    on_batch: Callable[[BatchPlan, WriteResult | None], None] | None = None,
     stop_requested: Callable[[], str | None] | None = None,
 ) -> SyncReport[Row, Tgt]:
     """Plan every batch and, unless `dry_run`, write it before reading on.
@@ -145,8 +152,7 @@ def run_sync(
             if stop_requested is not None and (reason := stop_requested()):
                 raise SyncStopped(
                     f"{spec.name} sync stopped between batches ({reason}) after {report.batches} batches: "
-                    f"inserted={report.inserted}, updated={report.updated}, deleted={report.deleted}; "
-                    "the next run repairs the rest"
+                    f"{written(report.inserted, report.updated, report.deleted)}; the next run repairs the rest"
                 )
             report.batches += 1
             report.add_plan(plan, spec)
@@ -154,20 +160,16 @@ def run_sync(
                 if logged_rejections < MAX_LOGGED_REJECTIONS:
                     log.warning(f"{spec.name}: rejected {rejection.key}: {rejection.reason}")
                 logged_rejections += 1
-            result = None
+            result = WriteResult()
             if not dry_run and (plan.has_updates or (plan.orphaned and endpoints.prunes_orphans)):
                 result = endpoints.write(plan)
                 report.add_write(result)
                 for rejection in result.rejected:
                     log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
-            if on_batch is not None:
-                on_batch(plan, result)
             log.info(
-                f"{spec.name} batch {report.batches}: {plan.source_rows} source rows, "
-                f"missing={len(plan.missing)} changed={len(plan.changed) + len(plan.outdated)} "
-                f"orphaned={len(plan.orphaned)} "
-                f"rejected={len(plan.rejected)}"
-                + ("" if result is None else f"; inserted={result.inserted} updated={result.updated}")
+                f"{spec.name} batch {report.batches}: source_rows={plan.source_rows}, "
+                f"{classes({change: plan.count(change) for change in Change})}; "
+                f"{written(result.inserted, result.updated, result.deleted)}"
             )
             if batch_pause_s > 0 and not dry_run:
                 time.sleep(batch_pause_s)

@@ -22,6 +22,7 @@ from etl_defs import defs
 from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints
 from etl_defs.carts.ops import CART_SYNC
+from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.sync import plan_batches
 from local.demo_data import DEMO_USER, seed_carts, seed_products
 from local.report import CART_JOIN_SQL, cart_drift
@@ -595,12 +596,28 @@ def test_the_cart_sync_refuses_an_order_db_without_its_unique_cart_id_index(
     assert order_carts(dbs).count_documents({}) == 0
 
 
-def test_a_bad_run_config_is_refused_before_the_run(dbs: Databases, instance: dg.DagsterInstance) -> None:
-    with pytest.raises(dg.DagsterConfigMappingFunctionError) as refused:
-        run_job(instance, "cart_sync_job", user_id="")
-    assert str(refused.value.user_exception) == (
-        "invalid run config: user_id='': String should have at least 1 character"
+@pytest.mark.parametrize("job_name", ["product_sync_job", "cart_sync_job", "full_sync_job"])
+def test_batch_size_zero_is_refused_by_every_sync_job_naming_the_field_value_and_range(
+    dbs: Databases, instance: dg.DagsterInstance, job_name: str
+) -> None:
+    product = new_product()
+    insert_products(dbs, product)
+    insert_carts(dbs, new_cart(product))
+
+    with pytest.raises(InvalidRunConfigError) as refused:
+        run_job(instance, job_name, batch_size=0)
+
+    assert str(refused.value) == (
+        "invalid run config: batch_size=0: Input should be greater than or equal to 1 (allowed: 1 to 100000)"
     )
+    assert instance.get_runs_count() == 0
+    assert order_carts(dbs).count_documents({}) == 0
+
+
+def test_a_bad_run_config_is_refused_before_the_run(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    with pytest.raises(InvalidRunConfigError) as refused:
+        run_job(instance, "cart_sync_job", user_id="")
+    assert str(refused.value) == "invalid run config: user_id='': String should have at least 1 character"
     with pytest.raises(dg.DagsterInvalidConfigError):
         run_job(instance, "cart_sync_job", prune_orphans="yes")
 
@@ -609,8 +626,8 @@ def test_the_demo_seed_plants_the_cart_drift_the_report_counts_and_the_sync_repa
     dbs: Databases, instance: dg.DagsterInstance
 ) -> None:
     with dbs.cart_conn() as conn:
-        seed_products(dbs.product_db, conn, products=60)
-        planted = seed_carts(conn, dbs.order_db, carts=100)
+        products = seed_products(dbs.product_db, conn, products=60)
+        planted = seed_carts(conn, dbs.order_db, carts=100, stale_product_ids=products.stale_ids)
 
     def report() -> dict[str, int]:
         with dbs.cart_conn() as conn:
@@ -632,7 +649,9 @@ def test_the_demo_seed_plants_the_cart_drift_the_report_counts_and_the_sync_repa
     assert (out["missing"], out["outdated"], out["newer_in_target"], out["orphaned"], out["rejected"]) == (
         10, 10, 10, 10, 3
     )
-    assert out["changed"] >= 10  # the planted stale prices, plus carts of products the product sync repriced
+    # The planted stale prices, plus the up-to-date carts of the products the product sync updated.
+    assert planted.stale_after_product_sync > 0
+    assert out["changed"] == planted.stale_in_order_db + planted.stale_after_product_sync
     assert report() == {
         "carts_in_cart_db": 103, "unsyncable": 3, "missing_in_order_db": 0, "outdated_in_order_db": 0,
         "stale_in_order_db": 0, "newer_in_order_db": 10, "orphaned_in_order_db": 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from bson import ObjectId
 
 from etl_defs import defs
 from etl_defs.assets import CART_DB_PRODUCT
+from etl_defs.jobs import InvalidRunConfigError
 from tests.session import Databases
 from tests.factories import DROP, expected_row, product_doc
 
@@ -74,6 +76,28 @@ def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance)
         "source_rows": 30, "missing": 6, "changed": 12, "unchanged": 12, "orphaned": 1, "rejected": 0,
     }  # fmt: skip
     assert (got["inserted"], got["updated"]) == (6, 12)
+
+
+def test_the_batch_lines_add_up_to_the_summary_class_by_class(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    plant_drift(dbs)
+    dbs.product_db.products.insert_one(product_doc(price="not a number"))
+
+    result = run_product_sync(instance, batch_size=7)
+
+    assert result.success
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    batch_lines = [m for m in messages if re.match(r"products batch \d+: ", m)]
+    [summary] = [m for m in messages if m.startswith("products sync applied: ")]
+    assert len(batch_lines) == figures(result)["batches"] > 1
+
+    def counts(line: str) -> dict[str, int]:
+        return {name: int(value) for name, value in re.findall(r"(\w+)=(\d+)", line)}
+
+    added = {name: sum(counts(line)[name] for line in batch_lines) for name in counts(batch_lines[0])}
+    in_summary = counts(summary)
+    assert set(added) == set(in_summary)  # the same classes and write figures, named the same
+    assert added == in_summary
+    assert in_summary["rejected"] == 1 and in_summary["changed"] == 12
 
 
 def test_a_real_run_records_a_materialization_with_numeric_figures(dbs: Databases, instance: dg.DagsterInstance) -> None:
@@ -192,10 +216,10 @@ def test_a_missing_target_table_fails_the_preflight_clearly(dbs: Databases, inst
 def test_run_config_with_a_bad_batch_size_is_refused_before_the_run(dbs: Databases, instance: dg.DagsterInstance) -> None:
     job = defs.resolve_job_def("product_sync_job")
 
-    with pytest.raises(dg.DagsterError) as error:
+    with pytest.raises(InvalidRunConfigError) as error:
         job.execute_in_process(run_config={"batch_size": -1}, instance=instance)
 
-    assert "invalid run config: batch_size=-1: Input should be greater than or equal to 1" in str(
-        error.value.__cause__
+    assert str(error.value) == (
+        "invalid run config: batch_size=-1: Input should be greater than or equal to 1 (allowed: 1 to 100000)"
     )
     assert instance.get_runs_count() == 0
