@@ -41,7 +41,7 @@ def build_definitions(settings: SyncSettings) -> dg.Definitions:
         asset_checks=build_asset_checks(settings),
         jobs=[*sync_jobs, validation_job],
         schedules=build_schedules(settings, product_sync_job, cart_sync_job),
-        sensors=build_sensors(settings, sync_jobs, validation_job),
+        sensors=build_sensors(settings, validation_job),
         resources=build_resources(settings),
     )
 

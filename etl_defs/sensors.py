@@ -19,14 +19,16 @@ TIMEZONE) has passed since the one in its cursor; the other ticks are skipped wi
 of the next check. Its first evaluation pings at once, so a fresh deployment shows the
 databases' state without waiting for the first slot.
 
-`validate_after_sync_sensor` requests `validation_job` after every successful real sync
-(not after dry runs, which changed nothing): the product checks after `product_sync_job`,
-the cart checks after `cart_sync_job`, all six after `full_sync_job`. Dagster's run status
-sensors act on at most one run per tick (any returned RunRequest or SkipReason ends the
-tick), so a backlog of finished syncs is worked off one per 30 s tick.
+`validate_after_sync_sensor` requests `validation_job` after every real sync, however it
+was launched (UI, schedule, `dagster job execute`): it follows the materializations of the
+sync targets, `cart_db/product` and `order_db/carts`, which every real sync records and no
+dry run does. A new materialization of a table requests that table's checks (a full sync
+materializes both: two validation runs). Several syncs of one table since the last tick
+are validated once, after the newest. A run status sensor would not do: runs started with
+`dagster job execute` carry no code-location origin, so it never sees them.
 """
 
-from collections.abc import Sequence
+import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -34,28 +36,22 @@ import dagster as dg
 from croniter import croniter
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from etl_defs.checks import (
-    CART_CHECK_KEYS,
-    PRODUCT_CHECK_KEYS,
-    REACHABLE,
-    VALIDATION_CHECK_KEYS,
-    Health,
-    ping_all,
-    reachability_results,
-)
+from etl_defs.checks import CART_CHECKS, PRODUCT_CHECKS, REACHABLE, Health, ping_all, reachability_results
 from etl_defs.settings import SyncSettings
 from resources import MongoResource, PostgresResource
 
 #: How often the daemon evaluates the health sensor; pings happen only on cron slots.
 HEALTH_SENSOR_TICK_S = 30
 
-#: The validation checks requested after a successful run of each sync job.
-CHECKS_AFTER_JOB = {
-    "product_sync_job": PRODUCT_CHECK_KEYS,
-    "cart_sync_job": CART_CHECK_KEYS,
-    "full_sync_job": VALIDATION_CHECK_KEYS,
-}
+#: How often the daemon looks for new materializations of the sync targets.
+VALIDATE_SENSOR_TICK_S = 30
+
+#: The validation checks of each sync target, requested after each of its materializations.
+CHECKS_OF_TARGET: dict[dg.AssetKey, list[dg.AssetCheckKey]] = {}
+for _check in PRODUCT_CHECKS + CART_CHECKS:
+    CHECKS_OF_TARGET.setdefault(_check.asset, []).append(_check.key)
 VALIDATES_RUN_TAG = "etl-sync/validates-run"
+VALIDATES_JOB_TAG = "etl-sync/validates-job"
 
 
 def health_check_due(cron: str, timezone: str, cursor: str | None, now: datetime) -> tuple[bool, datetime, datetime]:
@@ -129,35 +125,64 @@ def build_databases_health_sensor(settings: SyncSettings) -> dg.SensorDefinition
     return databases_health_sensor
 
 
-def build_validate_after_sync_sensor(
-    sync_jobs: Sequence[dg.JobDefinition], validation_job: UnresolvedAssetJobDefinition
-) -> dg.RunStatusSensorDefinition:
-    """`validate_after_sync_sensor`: request `validation_job` after each successful real sync."""
+def _validated_up_to(cursor: str | None) -> dict[str, int]:
+    """The sensor cursor: per target (`cart_db/product`), the storage id of the last materialization validated.
 
-    @dg.run_status_sensor(
+    An unreadable cursor (none yet, or one of an older version of this sensor) starts afresh.
+    """
+    try:
+        saved = json.loads(cursor or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return {key: value for key, value in saved.items() if isinstance(value, int)} if isinstance(saved, dict) else {}
+
+
+def build_validate_after_sync_sensor(validation_job: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+    """`validate_after_sync_sensor`: request a table's checks after each new materialization of it."""
+
+    @dg.sensor(
         name="validate_after_sync_sensor",
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=list(sync_jobs),
-        request_job=validation_job,
+        job=validation_job,
+        minimum_interval_seconds=VALIDATE_SENSOR_TICK_S,
         # It only follows syncs someone or something started, so it runs whatever ENABLE_SCHEDULER says.
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="After each successful sync that was not a dry run, run that sync's validation checks.",
+        description=(
+            "After each real sync (UI, schedule or terminal; not dry runs), run the validation checks of the table "
+            "it wrote: it follows the materializations of cart_db/product and order_db/carts."
+        ),
     )
-    def validate_after_sync_sensor(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-        run = context.dagster_run
-        if run.run_config.get("dry_run"):
-            return dg.SkipReason(f"{run.job_name} run {run.run_id} was a dry run: nothing changed, nothing to validate")
-        return dg.RunRequest(
-            run_key=f"validate-after-{run.run_id}",
-            asset_check_keys=CHECKS_AFTER_JOB.get(run.job_name, VALIDATION_CHECK_KEYS),
-            tags={VALIDATES_RUN_TAG: run.run_id, "etl-sync/validates-job": run.job_name},
-        )
+    def validate_after_sync_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        validated = _validated_up_to(context.cursor)
+        requests = []
+        for target, check_keys in CHECKS_OF_TARGET.items():
+            name = target.to_user_string()
+            newest = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=target, after_storage_id=validated.get(name)), limit=1
+            ).records
+            if not newest:
+                continue
+            record = newest[0]
+            validated[name] = record.storage_id
+            job_name = record.event_log_entry.job_name or "?"
+            context.log.info(f"{name} was materialized by {job_name} run {record.run_id}: validating it")
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"validate-{target.to_python_identifier()}-after-{record.run_id}",
+                    asset_check_keys=check_keys,
+                    tags={VALIDATES_RUN_TAG: record.run_id, VALIDATES_JOB_TAG: job_name},
+                )
+            )
+        if not requests:
+            return dg.SensorResult(
+                skip_reason="no sync wrote " + " or ".join(t.to_user_string() for t in CHECKS_OF_TARGET)
+                + " since the last validation",
+                cursor=context.cursor,
+            )
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(validated, sort_keys=True))
 
     return validate_after_sync_sensor
 
 
-def build_sensors(
-    settings: SyncSettings, sync_jobs: Sequence[dg.JobDefinition], validation_job: UnresolvedAssetJobDefinition
-) -> list[dg.SensorDefinition]:
+def build_sensors(settings: SyncSettings, validation_job: UnresolvedAssetJobDefinition) -> list[dg.SensorDefinition]:
     """The health sensor and the validation-after-sync sensor."""
-    return [build_databases_health_sensor(settings), build_validate_after_sync_sensor(sync_jobs, validation_job)]
+    return [build_databases_health_sensor(settings), build_validate_after_sync_sensor(validation_job)]

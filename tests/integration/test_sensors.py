@@ -7,6 +7,7 @@ the tests read back what the UI shows: the latest `reachable` check execution pe
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,8 +17,9 @@ from etl_defs.assets import CART_DB_CART, CART_DB_PRODUCT, ORDER_DB_CARTS, PRODU
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, REACHABILITY_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
 from etl_defs.sensors import VALIDATES_RUN_TAG, health_check_due
-from tests.session import Databases
 from tests.factories import product_doc
+from tests.integration.helpers import dagster_job_execute, run_id_of
+from tests.session import Databases
 
 ALL_TABLES = {PRODUCT_DB_PRODUCTS, CART_DB_PRODUCT, CART_DB_CART, ORDER_DB_CARTS}
 MONGO_TABLES = {PRODUCT_DB_PRODUCTS, ORDER_DB_CARTS}
@@ -160,58 +162,94 @@ def test_health_sensor_is_running_by_default_only_when_the_scheduler_is_enabled(
 # ----- validate_after_sync_sensor -----
 
 
-def evaluate_after(instance: dg.DagsterInstance, run_id: str) -> dg.RunRequest | dg.SkipReason:
-    """validate_after_sync_sensor on a finished run's RUN_SUCCESS event."""
-    run = instance.get_run_by_id(run_id)
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
-    assert run is not None and len(records) == 1
+def evaluate_after_syncs(instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+    """One tick of validate_after_sync_sensor against `instance`, as the sensor daemon evaluates it."""
     sensor = defs.resolve_sensor_def("validate_after_sync_sensor")
-    context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_event=records[0].event_log_entry.dagster_event,
-        dagster_instance=instance,
-        dagster_run=run,
-    )
-    return sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def run_requested_checks(instance: dg.DagsterInstance, request: dg.RunRequest) -> dict[dg.AssetCheckKey, bool]:
+    """Run what the sensor requested, as the daemon would: the validation job, subset to the requested checks."""
+    job_name = defs.resolve_sensor_def("validate_after_sync_sensor").job_name
+    job = defs.resolve_job_def(job_name).get_subset(asset_check_selection=set(request.asset_check_keys))
+    checks = job.execute_in_process(instance=instance, tags=request.tags)
+    assert checks.success
+    return {e.asset_check_key: e.passed for e in checks.get_asset_check_evaluations()}
 
 
 def test_a_real_product_sync_requests_the_product_checks_which_then_pass(dbs: Databases, instance) -> None:
     dbs.product_db.products.insert_many([product_doc() for _ in range(5)])
     sync = defs.resolve_job_def("product_sync_job").execute_in_process(instance=instance)
 
-    request = evaluate_after(instance, sync.run_id)
+    result = evaluate_after_syncs(instance)
 
-    assert isinstance(request, dg.RunRequest)
-    assert request.run_key == f"validate-after-{sync.run_id}"
+    [request] = result.run_requests
+    assert request.run_key == f"validate-cart_db__product-after-{sync.run_id}"
     assert set(request.asset_check_keys) == set(PRODUCT_CHECK_KEYS)
-    assert request.tags[VALIDATES_RUN_TAG] == sync.run_id
-    sensor = defs.resolve_sensor_def("validate_after_sync_sensor")
-    assert sensor.job_name == "validation_job"
-    # Run what the sensor requested, as the daemon would.
-    job = defs.resolve_job_def(sensor.job_name).get_subset(asset_check_selection=set(request.asset_check_keys))
-    checks = job.execute_in_process(instance=instance, tags=request.tags)
-    assert checks.success
-    evaluations = checks.get_asset_check_evaluations()
-    assert {e.asset_check_key for e in evaluations} == set(PRODUCT_CHECK_KEYS)
-    assert all(e.passed for e in evaluations)
+    assert request.tags == {VALIDATES_RUN_TAG: sync.run_id, "etl-sync/validates-job": "product_sync_job"}
+    assert run_requested_checks(instance, request) == dict.fromkeys(PRODUCT_CHECK_KEYS, True)
+    # The next tick has nothing new to validate.
+    again = evaluate_after_syncs(instance, result.cursor)
+    assert again.run_requests == []
+    assert again.skip_reason is not None and "since the last validation" in again.skip_reason.skip_message
 
 
 def test_a_dry_run_requests_nothing(dbs: Databases, instance) -> None:
     dbs.product_db.products.insert_many([product_doc()])
-    dry = defs.resolve_job_def("product_sync_job").execute_in_process(run_config={"dry_run": True}, instance=instance)
+    defs.resolve_job_def("product_sync_job").execute_in_process(run_config={"dry_run": True}, instance=instance)
 
-    skip = evaluate_after(instance, dry.run_id)
+    result = evaluate_after_syncs(instance)
 
-    assert isinstance(skip, dg.SkipReason)
-    assert "was a dry run" in skip.skip_message
+    assert result.run_requests == []
+    assert result.skip_reason is not None and "no sync wrote cart_db/product or order_db/carts" in (
+        result.skip_reason.skip_message
+    )
 
 
-def test_each_sync_job_requests_its_own_checks(dbs: Databases, instance) -> None:
+def test_each_sync_job_requests_the_checks_of_the_tables_it_wrote(dbs: Databases, instance) -> None:
     cart = defs.resolve_job_def("cart_sync_job").execute_in_process(instance=instance)
+    after_cart = evaluate_after_syncs(instance)
     full = defs.resolve_job_def("full_sync_job").execute_in_process(instance=instance)
+    after_full = evaluate_after_syncs(instance, after_cart.cursor)
 
-    assert set(evaluate_after(instance, cart.run_id).asset_check_keys) == set(CART_CHECK_KEYS)
-    assert set(evaluate_after(instance, full.run_id).asset_check_keys) == set(VALIDATION_CHECK_KEYS)
+    assert [(r.tags[VALIDATES_RUN_TAG], set(r.asset_check_keys)) for r in after_cart.run_requests] == [
+        (cart.run_id, set(CART_CHECK_KEYS))
+    ]
+    assert {(r.tags[VALIDATES_RUN_TAG], frozenset(r.asset_check_keys)) for r in after_full.run_requests} == {
+        (full.run_id, frozenset(PRODUCT_CHECK_KEYS)), (full.run_id, frozenset(CART_CHECK_KEYS))
+    }  # fmt: skip
+    assert len(after_full.run_requests) == 2
+    assert {key for r in after_full.run_requests for key in r.asset_check_keys} == set(VALIDATION_CHECK_KEYS)
+
+
+def test_several_syncs_since_the_last_tick_are_validated_once_after_the_newest(dbs: Databases, instance) -> None:
+    job = defs.resolve_job_def("product_sync_job")
+    first = evaluate_after_syncs(instance)
+    runs = [job.execute_in_process(instance=instance).run_id for _ in range(3)]
+
+    result = evaluate_after_syncs(instance, first.cursor)
+
+    assert [r.tags[VALIDATES_RUN_TAG] for r in result.run_requests] == [runs[-1]]
+
+
+def test_a_sync_from_the_terminal_is_seen_by_the_sensor_on_the_same_instance(
+    dbs: Databases, dagster_env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dbs.product_db.products.insert_many([product_doc() for _ in range(3)])
+    terminal = dagster_job_execute(dagster_env, "product_sync_job", None, tmp_path)
+    assert terminal.returncode == 0, terminal.stderr[-3000:]
+    run_id = run_id_of("product_sync_job", terminal.stderr)
+    for name in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
+        monkeypatch.setenv(name, dagster_env[name])
+
+    with dg.DagsterInstance.get() as same_instance:  # the terminal's DAGSTER_HOME: the instance in PostgreSQL
+        result = evaluate_after_syncs(same_instance)
+        requested = {r.tags[VALIDATES_RUN_TAG]: r for r in result.run_requests}
+        assert set(requested[run_id].asset_check_keys) == set(PRODUCT_CHECK_KEYS)
+        assert run_requested_checks(same_instance, requested[run_id]) == dict.fromkeys(PRODUCT_CHECK_KEYS, True)
 
 
 def test_validate_after_sync_sensor_runs_whatever_enable_scheduler_says() -> None:

@@ -7,49 +7,24 @@ dequeue them; that is why this starts `dagster dev` and not the webserver alone 
 would need the DefaultRunCoordinator and would not exercise the queue nor run the
 validate-after-sync sensor).
 
-`dagster dev` is started in its own session (`start_new_session=True`) and stopped by
-signalling its whole process group (webserver, daemon, code servers): a background
-`dagster dev` without job control ignores SIGTERM.
+The `dagster_dev` fixture (tests/integration/conftest.py) starts it in its own session and
+stops it by signalling its whole process group (webserver, daemon, code servers): a
+background `dagster dev` without job control ignores SIGTERM.
 """
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from local.stack import DAGSTER_DB, LocalStack, free_port
-from tests.session import REPO, Databases
 from tests.factories import expected_row, product_doc
+from tests.integration.helpers import DagsterDev, dagster_job_execute, run_id_of
+from tests.session import Databases
 
-DAGSTER = str(Path(sys.executable).parent / "dagster")
-LOCATION = "etl_sync"  # workspace.yaml's location_name
-REPOSITORY = "__repository__"
-
-LAUNCH_RUN = """
-mutation LaunchRun($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on PythonError { message stack }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PipelineNotFoundError { message }
-  }
-}"""
-RUN_STATUS = 'query RunStatus($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status jobName } } }'
 RUNS_TAGGED = """
 query RunsTagged($key: String!, $value: String!) {
   runsOrError(filter: {tags: [{key: $key, value: $value}]}) { ... on Runs { results { runId jobName status } } }
 }"""
+
 LATEST_MATERIALIZATION = """
 query LatestMaterialization($path: [String!]!) {
   assetOrError(assetKey: {path: $path}) {
@@ -58,141 +33,11 @@ query LatestMaterialization($path: [String!]!) {
     }
   }
 }"""
+
 CHECK_EXECUTIONS = """
 query CheckExecutions($path: [String!]!, $name: String!) {
   assetCheckExecutions(assetKey: {path: $path}, checkName: $name, limit: 5) { runId status evaluation { success } }
 }"""
-SENSOR_TICKS = """
-query SensorTicks($selector: SensorSelector!) {
-  sensorOrError(sensorSelector: $selector) {
-    __typename ... on Sensor { sensorState { status ticks(limit: 1) { status } } }
-  }
-}"""
-
-
-class DagsterDev:
-    """A running `dagster dev` and its GraphQL endpoint."""
-
-    def __init__(self, url: str, log: Path) -> None:
-        self.url = url
-        self.log = log
-
-    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-        assert "errors" not in answer, answer["errors"]
-        return answer["data"]
-
-    def wait_for(self, what: str, probe: Callable[[], Any], timeout: float = 180) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = probe()
-            if value:
-                return value
-            time.sleep(0.5)
-        tail = self.log.read_text(errors="replace")[-4000:]
-        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; dagster dev log:\n{tail}")
-
-    def launch(self, job: str, run_config: dict[str, Any]) -> str:
-        """launchRun as the UI's Launchpad sends it; returns the run id."""
-        params = {
-            "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": job},
-            "runConfigData": run_config,
-        }
-        launched = self.graphql(LAUNCH_RUN, executionParams=params)["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        return launched["run"]["runId"]
-
-    def finished_status(self, run_id: str) -> str:
-        def done() -> str | None:
-            status = self.graphql(RUN_STATUS, runId=run_id)["runOrError"]["status"]
-            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
-
-        return self.wait_for(f"run {run_id} to finish", done)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop `dagster dev` and everything it started by signalling its process group; kill what is left."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)  # dagster dev shuts its webserver, daemon and code servers down
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 15
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _group_alive(process.pid):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
-    home = tmp_path_factory.mktemp("dagster_dev_home")
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    port = free_port()
-    env = {
-        **os.environ,
-        # The session stack's URLs, whatever a test before this one left in os.environ.
-        **stack.env(),
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
-        "ENABLE_SCHEDULER": "false",  # no schedule ticks or health pings during the test
-    }
-    log = home / "dagster-dev.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    server = DagsterDev(f"http://127.0.0.1:{port}", log)
-    try:
-        server.wait_for("the webserver to answer", lambda: process.poll() is None and _answers(server.url))
-        server.wait_for(
-            f"code location {LOCATION} to load",
-            lambda: LOCATION in json.dumps(server.graphql("{ repositoriesOrError { ... on RepositoryConnection "
-                                                          "{ nodes { name location { name } } } } }")),
-        )  # fmt: skip
-        # A run status sensor ignores runs that finished before its first tick: wait for that tick.
-        selector = {
-            "repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "validate_after_sync_sensor",
-        }  # fmt: skip
-        server.wait_for(
-            "validate_after_sync_sensor's first tick",
-            lambda: server.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]["sensorState"]["ticks"],
-        )
-        yield server
-    finally:
-        _stop(process)
-        assert process.poll() is not None, "dagster dev is still running"
-        deadline = time.monotonic() + 15
-        while _group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _group_alive(process.pid), "a process dagster dev started is still running"
 
 
 def test_product_sync_launched_through_graphql_succeeds_and_records_its_materialization(
@@ -235,6 +80,29 @@ def test_a_real_sync_from_the_ui_is_validated_by_a_run_the_sensor_starts_and_a_d
         assert {"runId": validation["runId"], "status": "SUCCEEDED", "evaluation": {"success": True}} in executions
     # The sensor handles run events in order: it saw the dry run before the real run, and let it pass.
     assert validation_runs(dry_id) == []
+
+
+def test_a_sync_from_the_terminal_is_validated_by_a_run_the_daemon_starts(
+    dbs: Databases, dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    dbs.product_db.products.insert_many([product_doc() for _ in range(4)])
+
+    # `dagster job execute` beside the running UI, on the same instance: it bypasses the daemon.
+    terminal = dagster_job_execute(dagster_dev.env, "product_sync_job", None, tmp_path)
+
+    assert terminal.returncode == 0, terminal.stderr[-3000:]
+    run_id = run_id_of("product_sync_job", terminal.stderr)
+    found = dagster_dev.wait_for(
+        "the validation run after the terminal sync",
+        lambda: dagster_dev.graphql(RUNS_TAGGED, key="etl-sync/validates-run", value=run_id)["runsOrError"]["results"],
+    )
+    [validation] = found
+    assert validation["jobName"] == "validation_job"
+    assert dagster_dev.finished_status(validation["runId"]) == "SUCCESS"
+    executions = dagster_dev.graphql(CHECK_EXECUTIONS, path=["cart_db", "product"], name="no_missing_products")
+    assert {"runId": validation["runId"], "status": "SUCCEEDED", "evaluation": {"success": True}} in (
+        executions["assetCheckExecutions"]
+    )
 
 
 RUN_TIMES = "query RunTimes($runId: ID!) { runOrError(runId: $runId) { ... on Run { status startTime endTime } } }"
