@@ -6,18 +6,26 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STACK_ENV := .local/stack.env
-WITH_ENV := set -a && . $(STACK_ENV) && set +a &&
+# The local stack's state folder; python -m local reads the same variable.
+LOCAL_STATE_DIR ?= $(CURDIR)/.local
+export LOCAL_STATE_DIR
+STACK_ENV := $(LOCAL_STATE_DIR)/stack.env
+WITH_ENV := . $(STACK_ENV) &&
+# Where `make ui` serves the Dagster UI.
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 # Keep the sync summaries, rejections and the run's outcome; a failed run still fails make.
 DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
 	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
-.PHONY: help install up seed report demo test ui down clean
+.PHONY: help install up seed report demo test ui shell screenshots down clean
 
 help:
 	@echo "make demo   set up, start the local stack, seed drift, run both syncs (dry, then for real)"
 	@echo "make test   set up and run the test suite against real servers"
-	@echo "make ui     the Dagster UI on the local stack (http://127.0.0.1:3000)"
+	@echo "make ui     the Dagster UI on the local stack (http://$(UI_HOST):$(UI_PORT); UI_HOST, UI_PORT)"
+	@echo "make shell  a shell with the local stack's environment, for dagster commands in a terminal"
+	@echo "make seed   replace the local stack's data with the demo drift;  make report  the drift now"
 	@echo "make down   stop the local stack;  make clean  also delete it and the virtualenv"
 
 $(BIN)/.installed: pyproject.toml
@@ -40,27 +48,39 @@ report:
 demo: seed
 	@echo "== drift before the syncs"
 	@$(WITH_ENV) $(BIN)/python -m local report
-	@printf 'dry_run: true\n' > .local/dry_run.yaml
+	@printf 'dry_run: true\n' > $(LOCAL_STATE_DIR)/dry_run.yaml
 	@for job in product_sync_job cart_sync_job; do \
 		echo "== $$job, dry run (writes nothing)"; \
-		$(WITH_ENV) $(BIN)/dagster job execute -m etl_defs -j $$job -c .local/dry_run.yaml 2>&1 \
-			| tee .local/demo-$$job-dry-run.log | $(DAGSTER_LOG_FILTER); \
+		$(WITH_ENV) $(BIN)/dagster job execute -m etl_defs -j $$job -c $(LOCAL_STATE_DIR)/dry_run.yaml 2>&1 \
+			| tee $(LOCAL_STATE_DIR)/demo-$$job-dry-run.log | $(DAGSTER_LOG_FILTER); \
 		echo "== $$job, for real"; \
 		$(WITH_ENV) $(BIN)/dagster job execute -m etl_defs -j $$job 2>&1 \
-			| tee .local/demo-$$job.log | $(DAGSTER_LOG_FILTER); \
+			| tee $(LOCAL_STATE_DIR)/demo-$$job.log | $(DAGSTER_LOG_FILTER); \
+		if [ $$job = product_sync_job ]; then \
+			echo "== drift between the syncs (repriced products make more Order DB carts stale)"; \
+			$(WITH_ENV) $(BIN)/python -m local report; \
+		fi; \
 	done
 	@echo "== drift after the syncs (carts newer in the Order DB are left alone by design)"
 	@$(WITH_ENV) $(BIN)/python -m local report
-	@echo "Full logs: .local/demo-*.log. See the runs, checks and assets: make ui"
+	@echo "Full logs: $(LOCAL_STATE_DIR)/demo-*.log. The runs, checks and assets: make ui"
 
 test: install
 	$(BIN)/python -m pytest
 
 ui: up
-	@$(WITH_ENV) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	@$(WITH_ENV) $(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)
+
+shell: up
+	@echo "A shell with the local stack's environment (DAGSTER_HOME, DAGSTER_PG_URL, the database URLs); exit to leave."
+	@$(WITH_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" exec "$${SHELL:-/bin/bash}" -i
+
+screenshots: seed
+	$(BIN)/python -m docs.screenshots
 
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m local down; fi
 
-clean: down
-	rm -rf .local $(VENV)
+clean:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m local clean; else rm -rf $(LOCAL_STATE_DIR); fi
+	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""`python -m local up|seed|down|status|env|report`: the embedded local stack."""
+"""`python -m local up|seed|report|status|down|clean`: the embedded local stack."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import psycopg
 
 from local.demo_data import seed_carts, seed_products
 from local.schema import create_cart_schema, create_order_indexes
-from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError, listening
 
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".local"
 
@@ -58,7 +58,7 @@ def seed(stack: LocalStack) -> None:
     try:
         with psycopg.connect(stack.pg_url(CART_DB)) as conn:
             counts = seed_products(client[PRODUCT_DB], conn)
-            carts = seed_carts(conn, client[ORDER_DB])
+            carts = seed_carts(conn, client[ORDER_DB], stale_product_ids=counts.stale_ids)
     finally:
         client.close()
     print(
@@ -69,13 +69,41 @@ def seed(stack: LocalStack) -> None:
         f"seeded {carts.carts} carts ({carts.demo_user_carts} of demo-user-1, {carts.unsyncable} unsyncable); "
         f"the Order DB lacks {carts.missing_in_order_db}, has {carts.outdated_in_order_db} outdated, "
         f"{carts.stale_in_order_db} with a stale product price, {carts.newer_in_order_db} newer "
-        f"and {carts.orphaned_in_order_db} orphaned"
+        f"and {carts.orphaned_in_order_db} orphaned; {carts.stale_after_product_sync} more carts hold a product "
+        f"the product sync updates, so after it the cart sync finds "
+        f"{carts.stale_in_order_db + carts.stale_after_product_sync} changed"
     )
+
+
+def stop(stack: LocalStack, delete: bool) -> None:
+    """Stop the servers recorded in the state folder (`delete`: and remove its files).
+
+    It never reports a server stopped that still runs (`LocalStack.down` waits for each to
+    exit), and it says when a stack port answers for a server this folder did not start.
+    """
+    if stack.recorded:
+        pids = {"mongodb": stack.state.mongo_pid if stack.mongo_running else None,
+                "postgresql": stack.state.pg_pid if stack.pg_running else None}  # fmt: skip
+        stack.clean() if delete else stack.down()
+        for name, pid in pids.items():
+            print(f"{name}: {f'pid {pid} stopped' if pid else 'was not running'}")
+        print(f"local stack in {stack.state_dir} stopped{' and deleted' if delete else ''}")
+    else:
+        print(f"no local stack is recorded in {stack.state_dir}: nothing to stop")
+        if delete:
+            stack.clean()
+    for name, port in (("MongoDB", stack.state.mongo_port), ("PostgreSQL", stack.state.pg_port)):
+        if listening(port):
+            print(
+                f"note: 127.0.0.1:{port}, the {name} port, still answers: a server this state folder did not "
+                "start (was it started with another LOCAL_STATE_DIR?)",
+                file=sys.stderr,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local", description=__doc__)
-    parser.add_argument("command", choices=["up", "seed", "down", "status", "report"])
+    parser.add_argument("command", choices=["up", "seed", "report", "status", "down", "clean"])
     args = parser.parse_args(argv)
     stack = stack_from_env()
     try:
@@ -89,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"environment: {env_file}")
             case "seed":
                 seed(stack)
-            case "down":
-                stack.down()
-                print("local stack stopped")
+            case "down" | "clean":
+                stop(stack, delete=args.command == "clean")
             case "status":
                 for name, state in stack.status().items():
                     print(f"{name}: {state}")

@@ -2,7 +2,10 @@
 
 Everything lives under one state folder (`.local/` by default). `down` stops exactly the
 processes `up` started, by the PIDs recorded in `state.json`. PostgreSQL refuses to run as
-root, so as root the server runs as the unprivileged user `etlsync`, created on demand.
+root, so as root the server runs as the unprivileged user `etlsync`, created on demand;
+when that user cannot reach the state folder (a clone in root's home or in a `mktemp -d`
+folder), PostgreSQL's files go to a folder of their own under /var/tmp, recorded in
+`state.json` and removed by `clean`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -25,6 +30,8 @@ from pymongo import MongoClient
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_RUN_USER = "etlsync"
+#: Where PostgreSQL's files go when PG_RUN_USER cannot reach the state folder.
+PG_FALLBACK_PARENT = Path("/var/tmp")
 PG_SUPERUSER = "shop"
 CART_DB = "cart"
 DAGSTER_DB = "dagster"
@@ -60,13 +67,47 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Wait for `pid` to exit; SIGKILL it after `timeout` seconds; raise if even that fails."""
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if _pid_alive(pid):
+        raise StackError(f"process {pid} is still running after SIGKILL")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _runs_ours(pid: int | None, marker: Path) -> bool:
+    """Whether `pid` is alive and still the server we started (its command line names `marker`).
+
+    A recorded PID can belong to another process after a reboot; that one is never signalled.
+    """
+    return _pid_alive(pid) and str(marker) in _cmdline(pid)  # type: ignore[arg-type]
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if listening(port):
+            return
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
     raise StackError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s; log:\n{tail}")
@@ -83,6 +124,7 @@ class StackState:
     mongo_password: str | None = None
     mongo_pid: int | None = None
     pg_pid: int | None = None
+    pg_dir: str | None = None  # the folder holding pgdata/ and pglog/ (the state folder unless root needs another)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -148,50 +190,78 @@ class LocalStack:
         }  # fmt: skip
 
     # ----- lifecycle -----
+    @property
+    def recorded(self) -> bool:
+        """Whether a stack was ever started in this state folder (`state.json` exists)."""
+        return self._state_file.exists()
+
     def up(self) -> None:
-        """Start both servers (those not already running) and record their PIDs."""
+        """Start both servers (those not already running) and record their PIDs.
+
+        When a server fails to start, the ones this call started are stopped again.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)  # the unprivileged PostgreSQL user must traverse it
-        if not _pid_alive(self.state.mongo_pid):
-            self.state.mongo_pid = self._start_mongo()
-            self._save()
-        if not _pid_alive(self.state.pg_pid):
-            self.state.pg_pid = self._start_postgres()
-            self._save()
-        self._create_databases()
+        started: list[Callable[[], None]] = []
+        try:
+            if not self.mongo_running:
+                self.state.mongo_pid = self._start_mongo()
+                started.append(lambda: self.stop_mongo(signal.SIGTERM))
+                self._save()
+            if not self.pg_running:
+                self.state.pg_pid = self._start_postgres()
+                started.append(self.stop_postgres)
+                self._save()
+            self._create_databases()
+        except BaseException:
+            for stop in reversed(started):
+                stop()
+            raise
+
+    @property
+    def mongo_running(self) -> bool:
+        return _runs_ours(self.state.mongo_pid, self.state_dir / "mongo")
+
+    @property
+    def pg_running(self) -> bool:
+        return _runs_ours(self.state.pg_pid, self._pg_data)
 
     def down(self) -> None:
-        """Stop the processes `up` started (by PID) and wait for them to exit."""
-        if self.state.pg_pid and _pid_alive(self.state.pg_pid):
-            os.kill(self.state.pg_pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
-        if self.state.mongo_pid and _pid_alive(self.state.mongo_pid):
-            os.kill(self.state.mongo_pid, signal.SIGTERM)
-        for pid in (self.state.pg_pid, self.state.mongo_pid):
-            deadline = time.monotonic() + 30
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        """Stop the processes `up` started (by PID) and wait for them to exit; raise if one will not."""
+        running = [(pid, mode) for pid, mode, alive in (
+            (self.state.pg_pid, signal.SIGINT, self.pg_running),  # SIGINT: PostgreSQL's "fast" shutdown
+            (self.state.mongo_pid, signal.SIGTERM, self.mongo_running),
+        ) if alive]  # fmt: skip
+        for pid, mode in running:
+            os.kill(pid, mode)  # type: ignore[arg-type]
+        for pid, _ in running:
+            _wait_exit(pid, 30)  # type: ignore[arg-type]
         self.state.pg_pid = self.state.mongo_pid = None
-        if self.state_dir.exists():
+        if self.recorded:
             self._save()
+
+    def clean(self) -> None:
+        """Stop the stack and delete its state folder and PostgreSQL's folder."""
+        self.down()
+        for folder in {self.state_dir, self._pg_root}:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def status(self) -> dict[str, str]:
         """Each server's PID and whether it is running."""
         return {
             "mongodb": f"pid {self.state.mongo_pid} on 127.0.0.1:{self.state.mongo_port} "
-            + ("running" if _pid_alive(self.state.mongo_pid) else "stopped"),
+            + ("running" if self.mongo_running else "stopped"),
             "postgresql": f"pid {self.state.pg_pid} on 127.0.0.1:{self.state.pg_port} "
-            + ("running" if _pid_alive(self.state.pg_pid) else "stopped"),
+            + ("running" if self.pg_running else "stopped")
+            + ("" if self._pg_root == self.state_dir else f", files in {self._pg_root}"),
         }
 
     # Individual stop/start, for fault tests and the health sensor's demo.
     def stop_mongo(self, mode: signal.Signals = signal.SIGKILL) -> None:
         """Stop SecantusDB: a crash by default; SIGTERM is a clean shutdown that flushes its writes."""
-        if self.state.mongo_pid and _pid_alive(self.state.mongo_pid):
-            os.kill(self.state.mongo_pid, mode)
-            while _pid_alive(self.state.mongo_pid):
-                time.sleep(0.05)
+        if self.mongo_running:
+            os.kill(self.state.mongo_pid, mode)  # type: ignore[arg-type]
+            _wait_exit(self.state.mongo_pid, 30)  # type: ignore[arg-type]
         self.state.mongo_pid = None
         self._save()
 
@@ -200,10 +270,9 @@ class LocalStack:
         self._save()
 
     def stop_postgres(self, mode: signal.Signals = signal.SIGINT) -> None:
-        if self.state.pg_pid and _pid_alive(self.state.pg_pid):
-            os.kill(self.state.pg_pid, mode)
-            while _pid_alive(self.state.pg_pid):
-                time.sleep(0.05)
+        if self.pg_running:
+            os.kill(self.state.pg_pid, mode)  # type: ignore[arg-type]
+            _wait_exit(self.state.pg_pid, 30)  # type: ignore[arg-type]
         self.state.pg_pid = None
         self._save()
 
@@ -273,14 +342,37 @@ class LocalStack:
             )  # fmt: skip
         return {"user": PG_RUN_USER, "group": PG_RUN_USER, "extra_groups": []}
 
+    @property
+    def _pg_root(self) -> Path:
+        return Path(self.state.pg_dir) if self.state.pg_dir else self.state_dir
+
+    @property
+    def _pg_data(self) -> Path:
+        return self._pg_root / "pgdata"
+
+    def _pg_user_can_reach(self, folder: Path) -> bool:
+        return subprocess.run(["test", "-x", str(folder)], user=PG_RUN_USER, capture_output=True).returncode == 0
+
+    def _choose_pg_dir(self) -> None:
+        """As root, keep PostgreSQL's files where PG_RUN_USER can reach them (recorded in `state.json`)."""
+        if self.state.pg_dir or os.geteuid() != 0 or self._pg_user_can_reach(self.state_dir):
+            return
+        folder = Path(tempfile.mkdtemp(prefix="etl-sync-pg-", dir=PG_FALLBACK_PARENT))
+        folder.chmod(0o755)
+        if not self._pg_user_can_reach(folder):
+            raise StackError(f"the PostgreSQL user {PG_RUN_USER!r} can reach neither {self.state_dir} nor {folder}")
+        self.state.pg_dir = str(folder)
+        self._save()
+
     def _chown_to_pg_user(self, path: Path) -> None:
         if os.geteuid() == 0:
             shutil.chown(path, PG_RUN_USER, PG_RUN_USER)
 
     def _start_postgres(self) -> int:
         run_as = self._as_pg_user()
-        data = self.state_dir / "pgdata"
-        logs = self.state_dir / "pglog"
+        self._choose_pg_dir()
+        data = self._pg_data
+        logs = self._pg_root / "pglog"
         for folder in (data, logs):
             folder.mkdir(exist_ok=True, mode=0o700)
             self._chown_to_pg_user(folder)
@@ -307,6 +399,9 @@ class LocalStack:
             capture_output=True, text=True, env=env, **run_as,
         )  # fmt: skip
         if result.returncode != 0:
+            # pg_ctl gave up waiting; a postmaster still starting must not outlive the failed `up`.
+            subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                           capture_output=True, env=env, **run_as)  # fmt: skip
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise StackError(f"PostgreSQL did not start:\n{result.stdout}\n{result.stderr}\n{tail}")
         return int((data / "postmaster.pid").read_text().splitlines()[0])
