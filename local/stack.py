@@ -103,6 +103,13 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _port_free_or_fail(port: int, what: str, setting: str) -> None:
+    if listening(port):
+        raise StackError(
+            f"{what} cannot start: 127.0.0.1:{port} is already in use (another local stack? choose a port with {setting})"
+        )
+
+
 def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -307,6 +314,7 @@ class LocalStack:
         return self._spawn_mongo(auth=bool(self.state.mongo_user)).pid
 
     def _spawn_mongo(self, auth: bool) -> subprocess.Popen:
+        _port_free_or_fail(self.state.mongo_port, "SecantusDB", "LOCAL_MONGO_PORT")
         server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
         if not Path(server).exists():
             raise StackError("secantusd-py not found: install the project with its 'local' extra")
@@ -389,6 +397,7 @@ class LocalStack:
             pwfile.unlink()
             if result.returncode != 0:
                 raise StackError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        _port_free_or_fail(self.state.pg_port, "PostgreSQL", "LOCAL_PG_PORT")
         log = logs / "postgres.log"
         options = (
             f"-p {self.state.pg_port} -k {data} -c listen_addresses=127.0.0.1 "

@@ -68,7 +68,7 @@ def test_a_failed_up_stops_the_server_it_had_started(tmp_path: Path) -> None:
     with socket.socket() as squatter:  # PostgreSQL cannot bind its port, after SecantusDB has started
         squatter.bind(("127.0.0.1", stack.state.pg_port))
         squatter.listen()
-        with pytest.raises(StackError, match="PostgreSQL did not start"):
+        with pytest.raises(StackError, match=r"PostgreSQL cannot start: 127.0.0.1:\d+ is already in use"):
             stack.up()
         assert not listening(stack.state.mongo_port)
         assert not stack.mongo_running and not stack.pg_running
