@@ -15,7 +15,7 @@ WITH_ENV := . $(STACK_ENV) &&
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 3000
 # Keep the sync summaries, rejections and the run's outcome; a failed run still fails make.
-DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
+DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|: rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
 	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
 .PHONY: help install up seed report demo test ui shell screenshots down clean
