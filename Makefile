@@ -18,7 +18,7 @@ UI_PORT ?= 3000
 DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|: rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
 	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
-.PHONY: help install up seed report demo test ui shell screenshots down clean
+.PHONY: help install browser up seed report demo test ui shell screenshots down clean
 
 help:
 	@echo "make demo   set up, start the local stack, seed drift, run both syncs (dry, then for real)"
@@ -26,6 +26,7 @@ help:
 	@echo "make ui     the Dagster UI on the local stack (http://$(UI_HOST):$(UI_PORT); UI_HOST, UI_PORT)"
 	@echo "make shell  a shell with the local stack's environment, for dagster commands in a terminal"
 	@echo "make seed   replace the local stack's data with the demo drift;  make report  the drift now"
+	@echo "make screenshots  PNGs of the UI on the demo data, into docs/"
 	@echo "make down   stop the local stack;  make clean  also delete it and the virtualenv"
 
 $(BIN)/.installed: pyproject.toml
@@ -65,7 +66,20 @@ demo: seed
 	@$(WITH_ENV) $(BIN)/python -m local report
 	@echo "Full logs: $(LOCAL_STATE_DIR)/demo-*.log. The runs, checks and assets: make ui"
 
-test: install
+# The browser tests drive Debian's Chromium: installed here as root; otherwise say how (they are skipped without it).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq chromium chromium-driver >/dev/null \
+				|| { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+		else \
+			echo "note: the browser tests need Chromium and its driver: sudo apt-get install chromium chromium-driver"; \
+		fi; \
+	fi
+
+test: install browser
 	$(BIN)/python -m pytest
 
 ui: up
@@ -75,8 +89,8 @@ shell: up
 	@echo "A shell with the local stack's environment (DAGSTER_HOME, DAGSTER_PG_URL, the database URLs); exit to leave."
 	@$(WITH_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" exec "$${SHELL:-/bin/bash}" -i
 
-screenshots: seed
-	$(BIN)/python -m docs.screenshots
+screenshots: seed browser
+	$(BIN)/python -m local.screenshots
 
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m local down; fi

@@ -11,22 +11,7 @@ import psycopg
 
 from local.demo_data import seed_carts, seed_products
 from local.schema import create_cart_schema, create_order_indexes
-from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError, listening
-
-DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".local"
-
-
-def stack_from_env() -> LocalStack:
-    """The stack configured by the LOCAL_* variables (state folder, ports, passwords, MongoDB user)."""
-    return LocalStack(
-        Path(os.environ.get("LOCAL_STATE_DIR", DEFAULT_STATE_DIR)),
-        mongo_port=int(os.environ.get("LOCAL_MONGO_PORT", "27117")),
-        pg_port=int(os.environ.get("LOCAL_PG_PORT", "55432")),
-        pg_password=os.environ.get("LOCAL_PG_PASSWORD", "local-dev-only"),
-        mongo_user=os.environ.get("LOCAL_MONGO_USER") or None,
-        mongo_password=os.environ.get("LOCAL_MONGO_PASSWORD") or None,
-    )
-
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError, listening, stack_from_env
 
 def write_env_file(stack: LocalStack) -> Path:
     """`.local/stack.env`: the variables `make demo` and `make ui` export."""

@@ -24,7 +24,6 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
 
 INSTALL_HINT = "apt-get install chromium chromium-driver (Debian's Chromium and its WebDriver)"
 #: Chromium on a closed network: no background connections, no first-run pages, no GPU.
@@ -150,6 +149,8 @@ class DagsterUI:
     def open_global_lineage(self) -> None:
         self.go("/asset-groups", until_text="Global asset lineage")
         self.wait("the lineage graph", lambda: self.driver.find_elements(By.CSS_SELECTOR, f"{_GRAPH} foreignObject"))
+        self.wait("the lineage's nodes to load their status", lambda: "Loading" not in self.driver.find_element(
+            By.CSS_SELECTOR, _GRAPH).get_attribute("textContent"))  # fmt: skip
 
     def expand_lineage_groups(self) -> None:
         """Open every collapsed group box, one click at a time (each click redraws the graph)."""

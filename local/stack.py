@@ -421,3 +421,18 @@ class LocalStack:
             for name in (CART_DB, DAGSTER_DB):
                 if name not in existing:
                     conn.execute(f'CREATE DATABASE "{name}"')
+
+
+DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".local"
+
+
+def stack_from_env() -> LocalStack:
+    """The stack configured by the LOCAL_* variables (state folder, ports, passwords, MongoDB user)."""
+    return LocalStack(
+        Path(os.environ.get("LOCAL_STATE_DIR", DEFAULT_STATE_DIR)),
+        mongo_port=int(os.environ.get("LOCAL_MONGO_PORT", "27117")),
+        pg_port=int(os.environ.get("LOCAL_PG_PORT", "55432")),
+        pg_password=os.environ.get("LOCAL_PG_PASSWORD", "local-dev-only"),
+        mongo_user=os.environ.get("LOCAL_MONGO_USER") or None,
+        mongo_password=os.environ.get("LOCAL_MONGO_PASSWORD") or None,
+    )

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from local.stack import DAGSTER_DB, LocalStack, free_port
-from tests.integration.helpers import (
-    DAGSTER,
-    LOCATION,
-    REPOSITORY,
-    SENSOR_TICKS,
-    DagsterDev,
-    answers,
-    group_alive,
-    stop_process_group,
-)
+from local.dagster_dev import LOCATION, REPOSITORY, SENSOR_TICKS, DagsterDev, running_dagster_dev
 from tests.session import REPO, Databases
 
 
@@ -52,21 +40,7 @@ def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
         "DAGSTER_PG_URL": stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
         "ENABLE_SCHEDULER": "false",  # no schedule ticks or health pings during the test
     }
-    log = home / "dagster-dev.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    server = DagsterDev(f"http://127.0.0.1:{port}", log, env)
-    try:
-        server.wait_for("the webserver to answer", lambda: process.poll() is None and answers(server.url))
-        server.wait_for(
-            f"code location {LOCATION} to load",
-            lambda: LOCATION in json.dumps(server.graphql("{ repositoriesOrError { ... on RepositoryConnection "
-                                                          "{ nodes { name location { name } } } } }")),
-        )  # fmt: skip
+    with running_dagster_dev(env, port, home / "dagster-dev.log") as server:
         # Its first tick validates the newest syncs of earlier tests: wait for it, so tests see only their own.
         selector = {
             "repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "validate_after_sync_sensor",
@@ -76,10 +50,3 @@ def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
             lambda: server.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]["sensorState"]["ticks"],
         )
         yield server
-    finally:
-        stop_process_group(process)
-        assert process.poll() is not None, "dagster dev is still running"
-        deadline = time.monotonic() + 15
-        while group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not group_alive(process.pid), "a process dagster dev started is still running"

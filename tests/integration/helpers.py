@@ -1,44 +1,13 @@
-"""Helpers of the integration tests: the `dagster` CLI in a subprocess and a running `dagster dev`."""
+"""Helpers of the integration tests: the `dagster` CLI in a subprocess."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-
+from local.dagster_dev import DAGSTER
 from tests.session import REPO
-
-DAGSTER = str(Path(sys.executable).parent / "dagster")
-LOCATION = "etl_sync"  # workspace.yaml's location_name
-REPOSITORY = "__repository__"
-LAUNCH_RUN = """
-mutation LaunchRun($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on PythonError { message stack }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PipelineNotFoundError { message }
-  }
-}"""
-RUN_STATUS = 'query RunStatus($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status jobName } } }'
-SENSOR_TICKS = """
-query SensorTicks($selector: SensorSelector!) {
-  sensorOrError(sensorSelector: $selector) {
-    __typename ... on Sensor { sensorState { status ticks(limit: 1) { status } } }
-  }
-}"""
 
 
 def run_id_of(job: str, cli_output: str) -> str:
@@ -55,83 +24,3 @@ def dagster_job_execute(env: dict[str, str], job: str, config: str | None, tmp_p
         path.write_text(config)
         args += ["-c", str(path)]
     return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
-class DagsterDev:
-    """A running `dagster dev` and its GraphQL endpoint."""
-
-    def __init__(self, url: str, log: Path, env: dict[str, str]) -> None:
-        self.url = url
-        self.log = log
-        self.env = env  # its environment: DAGSTER_HOME and the instance database, for CLI runs beside it
-
-    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-        assert "errors" not in answer, answer["errors"]
-        return answer["data"]
-
-    def wait_for(self, what: str, probe: Callable[[], Any], timeout: float = 180) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = probe()
-            if value:
-                return value
-            time.sleep(0.5)
-        tail = self.log.read_text(errors="replace")[-4000:]
-        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; dagster dev log:\n{tail}")
-
-    def launch(self, job: str, run_config: dict[str, Any]) -> str:
-        """launchRun as the UI's Launchpad sends it; returns the run id."""
-        params = {
-            "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": job},
-            "runConfigData": run_config,
-        }
-        launched = self.graphql(LAUNCH_RUN, executionParams=params)["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        return launched["run"]["runId"]
-
-    def finished_status(self, run_id: str) -> str:
-        def done() -> str | None:
-            status = self.graphql(RUN_STATUS, runId=run_id)["runOrError"]["status"]
-            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
-
-        return self.wait_for(f"run {run_id} to finish", done)
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """Stop `dagster dev` and everything it started by signalling its process group; kill what is left."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)  # dagster dev shuts its webserver, daemon and code servers down
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 15
-    while group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if group_alive(process.pid):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=15)

@@ -14,7 +14,7 @@ import pytest
 
 from local.browser import DagsterUI, browser_missing
 from tests.factories import expected_row, product_doc
-from tests.integration.helpers import DagsterDev
+from local.dagster_dev import DagsterDev
 from tests.session import Databases
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.factories import expected_row, product_doc
-from tests.integration.helpers import DagsterDev, dagster_job_execute, run_id_of
+from local.dagster_dev import DagsterDev
+from tests.integration.helpers import dagster_job_execute, run_id_of
 from tests.session import Databases
 
 RUNS_TAGGED = """
