@@ -43,7 +43,7 @@ up: install
 seed: up
 	$(BIN)/python -m local seed
 
-report:
+report: up
 	@$(WITH_ENV) $(BIN)/python -m local report
 
 demo: seed

@@ -24,7 +24,8 @@ was launched (UI, schedule, `dagster job execute`): it follows the materializati
 sync targets, `cart_db/product` and `order_db/carts`, which every real sync records and no
 dry run does. A new materialization of a table requests that table's checks (a full sync
 materializes both: two validation runs). Several syncs of one table since the last tick
-are validated once, after the newest. A run status sensor would not do: runs started with
+are validated once, after the newest (so is each table's newest on the sensor's first
+tick, when syncs ran while no daemon did). A run status sensor would not do: runs started with
 `dagster job execute` carry no code-location origin, so it never sees them.
 """
 
@@ -47,9 +48,7 @@ HEALTH_SENSOR_TICK_S = 30
 VALIDATE_SENSOR_TICK_S = 30
 
 #: The validation checks of each sync target, requested after each of its materializations.
-CHECKS_OF_TARGET: dict[dg.AssetKey, list[dg.AssetCheckKey]] = {}
-for _check in PRODUCT_CHECKS + CART_CHECKS:
-    CHECKS_OF_TARGET.setdefault(_check.asset, []).append(_check.key)
+CHECKS_OF_TARGET = {checks[0].asset: [check.key for check in checks] for checks in (PRODUCT_CHECKS, CART_CHECKS)}
 VALIDATES_RUN_TAG = "etl-sync/validates-run"
 VALIDATES_JOB_TAG = "etl-sync/validates-job"
 
