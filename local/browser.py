@@ -119,11 +119,12 @@ class DagsterUI:
         editor.click()
         keys = ActionChains(self.driver).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL)
         keys.send_keys(Keys.DELETE).send_keys(yaml).perform()
-        return self.wait(
-            "the typed config in the editor",
-            lambda: (v := self.driver.execute_script("return document.querySelector('.CodeMirror').CodeMirror.getValue()"))
-            == yaml and v,
-        )
+        self.wait("the typed config in the editor", lambda: self.run_config() == yaml)
+        return self.run_config()
+
+    def run_config(self) -> str:
+        """What the Launchpad's config editor holds."""
+        return self.driver.execute_script("return document.querySelector('.CodeMirror').CodeMirror.getValue()")
 
     def press_launch_run(self) -> None:
         # The Launchpad takes typed config after a pause (it debounces the editor); a click before that is lost.

@@ -1,4 +1,4 @@
-"""`dagster dev` (webserver and daemon) started in the background on the local stack, and its GraphQL API.
+"""`dagster dev` (webserver and daemon) in the background on the local stack, its GraphQL API, and the CLI.
 
 `make screenshots` and the tests start it this way: in its own session, stopped by
 signalling its whole process group (webserver, daemon, code servers), because a background
@@ -121,6 +121,12 @@ def stop_process_group(process: subprocess.Popen) -> None:
     if group_alive(process.pid):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=15)
+
+
+def dagster_job_execute(env: dict[str, str], job: str, config_file: Path | None = None) -> subprocess.CompletedProcess:
+    """`dagster job execute -m etl_defs -j <job> [-c <config_file>]`, as an operator types it."""
+    args = [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", job, *(["-c", str(config_file)] if config_file else [])]
+    return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 @contextmanager

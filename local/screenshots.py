@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from local.browser import DagsterUI, browser_missing
-from local.dagster_dev import DAGSTER, REPO, running_dagster_dev
+from local.dagster_dev import REPO, dagster_job_execute, running_dagster_dev
 from local.stack import PRODUCT_DB, LocalStack, free_port, stack_from_env
 
 DOCS = REPO / "docs"
 
 
 def terminal_sync(env: dict[str, str], job: str) -> None:
-    result = subprocess.run(
-        [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", job], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    result = dagster_job_execute(env, job)
     if result.returncode != 0:
         raise SystemExit(f"{job} failed:\n{result.stderr[-3000:]}")
     print(f"ran {job}")

@@ -6,8 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from local.dagster_dev import DAGSTER
-from tests.session import REPO
+from local.dagster_dev import dagster_job_execute as job_execute
 
 
 def run_id_of(job: str, cli_output: str) -> str:
@@ -17,10 +16,9 @@ def run_id_of(job: str, cli_output: str) -> str:
 
 
 def dagster_job_execute(env: dict[str, str], job: str, config: str | None, tmp_path: Path) -> subprocess.CompletedProcess:
-    """`dagster job execute -m etl_defs -j <job> [-c <config>]`, as an operator types it."""
-    args = [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", job]
+    """`dagster job execute` of `job`, with `config` (YAML text) as its run config file when given."""
+    config_file = None
     if config is not None:
-        path = tmp_path / "run_config.yaml"
-        path.write_text(config)
-        args += ["-c", str(path)]
-    return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        config_file = tmp_path / "run_config.yaml"
+        config_file.write_text(config)
+    return job_execute(env, job, config_file)

@@ -14,7 +14,7 @@ from etl_defs import defs, settings
 from etl_defs.definitions import build_definitions
 from tests.session import REPO, Databases
 from tests.factories import product_doc
-from tests.integration.helpers import DAGSTER
+from local.dagster_dev import DAGSTER
 
 
 @pytest.fixture()
