@@ -15,23 +15,6 @@ from etl_defs.sync_op import SyncOpConfig
 PIPELINE_TAG = "etl-sync/pipeline"
 
 
-def _sync_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
-    return {
-        "dry_run": dg.Field(bool, default_value=False, description="Plan and report, write nothing"),
-        "batch_size": dg.Field(int, default_value=default_batch_size, description="Keys per batch and transaction"),
-        "batch_pause_ms": dg.Field(int, default_value=0, description="Pause after each written batch (ms)"),
-    }
-
-
-class InvalidRunConfigError(dg.DagsterError):
-    """A run config value is out of range; raised before the run starts.
-
-    A `dg.DagsterError`, so that Dagster passes it on as it is (the terminal's last line, the
-    UI's launch error) instead of wrapping it in "the config mapping function has thrown an
-    unexpected error".
-    """
-
-
 def _allowed(config_class: type[SyncOpConfig], name: str) -> str:
     """The range a numeric field allows, from its pydantic bounds: ' (allowed: 1 to 100000)'."""
     bounds = {}
@@ -42,6 +25,30 @@ def _allowed(config_class: type[SyncOpConfig], name: str) -> str:
     if set(bounds) == {"ge", "le"}:
         return f" (allowed: {bounds['ge']} to {bounds['le']})"
     return ""
+
+
+def _sync_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
+    # The Launchpad shows each description above its field: the ranges come from the op config's bounds.
+    return {
+        "dry_run": dg.Field(bool, default_value=False, description="Plan and report, write nothing"),
+        "batch_size": dg.Field(
+            int,
+            default_value=default_batch_size,
+            description="Keys per batch and transaction" + _allowed(SyncOpConfig, "batch_size"),
+        ),
+        "batch_pause_ms": dg.Field(
+            int, default_value=0, description="Pause after each written batch (ms)" + _allowed(SyncOpConfig, "batch_pause_ms")
+        ),
+    }
+
+
+class InvalidRunConfigError(dg.DagsterError):
+    """A run config value is out of range; raised before the run starts.
+
+    A `dg.DagsterError`, so that Dagster passes it on as it is (the terminal's last line, the
+    UI's launch error) instead of wrapping it in "the config mapping function has thrown an
+    unexpected error".
+    """
 
 
 def _op_config(config: dict[str, Any], config_class: type[SyncOpConfig] = SyncOpConfig) -> dict[str, Any]:
@@ -120,8 +127,9 @@ def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
         int,
         is_required=False,
         description=(
-            f"Keys per batch for both syncs (default: SYNC_BATCH_SIZE={settings.sync_batch_size} for products, "
-            f"CART_SYNC_BATCH_SIZE={settings.cart_sync_batch_size} for carts)"
+            f"Keys per batch for both syncs{_allowed(SyncOpConfig, 'batch_size')}; default: "
+            f"SYNC_BATCH_SIZE={settings.sync_batch_size} for products, CART_SYNC_BATCH_SIZE="
+            f"{settings.cart_sync_batch_size} for carts"
         ),
     )
 

@@ -65,6 +65,7 @@ def test_batch_size_zero_is_refused_at_launch_naming_the_field_value_and_range(
     runs_before = dagster_dev.graphql(RUN_IDS)["runsOrError"]["results"]
     ui.open_launchpad("product_sync_job")
     ui.type_run_config("batch_size: 0")
+    assert "Keys per batch and transaction (allowed: 1 to 100000)" in ui.text()  # the field's hint, before launching
 
     ui.press_launch_run()
 
