@@ -57,11 +57,11 @@ def _op_config(config: dict[str, Any], config_class: type[SyncOpConfig] = SyncOp
     try:
         validated = config_class(**fields)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{e['loc'][0]}={fields.get(str(e['loc'][0]))!r}: {e['msg']}{_allowed(config_class, str(e['loc'][0]))}"
-            for e in error.errors()
-        )
-        raise InvalidRunConfigError(f"invalid run config: {problems}") from None
+        problems = []
+        for problem in error.errors():
+            name = str(problem["loc"][0])
+            problems.append(f"{name}={fields.get(name)!r}: {problem['msg']}{_allowed(config_class, name)}")
+        raise InvalidRunConfigError(f"invalid run config: {'; '.join(problems)}") from None
     return {"config": validated.model_dump()}
 
 

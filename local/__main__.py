@@ -13,6 +13,7 @@ from local.demo_data import seed_carts, seed_products
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError, listening, stack_from_env
 
+
 def write_env_file(stack: LocalStack) -> Path:
     """`.local/stack.env`: the variables `make demo` and `make ui` export."""
     dagster_home = stack.state_dir / "dagster_home"
@@ -69,7 +70,10 @@ def stop(stack: LocalStack, delete: bool) -> None:
     if stack.recorded:
         pids = {"mongodb": stack.state.mongo_pid if stack.mongo_running else None,
                 "postgresql": stack.state.pg_pid if stack.pg_running else None}  # fmt: skip
-        stack.clean() if delete else stack.down()
+        if delete:
+            stack.clean()
+        else:
+            stack.down()
         for name, pid in pids.items():
             print(f"{name}: {f'pid {pid} stopped' if pid else 'was not running'}")
         print(f"local stack in {stack.state_dir} stopped{' and deleted' if delete else ''}")

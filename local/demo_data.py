@@ -27,10 +27,13 @@ class DemoCounts:
 
     products: int
     missing_in_cart_db: int
-    stale_in_cart_db: int
     malformed: int
     #: Ids of the products whose Cart DB row is stale: the product sync updates them.
     stale_ids: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def stale_in_cart_db(self) -> int:
+        return len(self.stale_ids)
 
 
 def _product(rng: random.Random, index: int) -> dict:
@@ -87,9 +90,8 @@ def seed_products(
             for row in rows:
                 copy.write_row(row)
     return DemoCounts(
-        products=products, missing_in_cart_db=missing, stale_in_cart_db=len(stale_ids), malformed=len(malformed),
-        stale_ids=frozenset(stale_ids),
-    )  # fmt: skip
+        products=products, missing_in_cart_db=missing, malformed=len(malformed), stale_ids=frozenset(stale_ids)
+    )
 
 
 def new_cart_id(rng: random.Random) -> uuid.UUID:
