@@ -18,7 +18,7 @@ UI_PORT ?= 3000
 DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|: rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
 	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
-.PHONY: help install browser up seed report demo test ui shell screenshots down clean
+.PHONY: help install browser lint up seed report demo test ui shell screenshots down clean
 
 help:
 	@echo "make demo   set up, start the local stack, seed drift, run both syncs (dry, then for real)"
@@ -79,7 +79,11 @@ browser:
 		fi; \
 	fi
 
-test: install browser
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install browser lint
 	$(BIN)/python -m pytest
 
 ui: up

@@ -45,10 +45,19 @@ def seed(stack: LocalStack, products: int) -> dict[str, tuple]:
         with conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy:
             for i in range(products):
                 doc = {
-                    "_id": ObjectId(), "title": f"Product {i}", "image": f"/img/{i}.jpg", "price": 100 + i % 50_000,
-                    "sellerId": ObjectId(), "quantity": i % 40, "description": "benchmark product " * 8,
-                    "category": "bench", "tags": ["a", "b"], "rating": 4.2, "originalPrice": 999, "stockQuantity": 7,
-                }  # fmt: skip
+                    "_id": ObjectId(),
+                    "title": f"Product {i}",
+                    "image": f"/img/{i}.jpg",
+                    "price": 100 + i % 50_000,
+                    "sellerId": ObjectId(),
+                    "quantity": i % 40,
+                    "description": "benchmark product " * 8,
+                    "category": "bench",
+                    "tags": ["a", "b"],
+                    "rating": 4.2,
+                    "originalPrice": 999,
+                    "stockQuantity": 7,
+                }
                 row = (str(doc["_id"]), doc["title"], doc["price"], doc["image"], str(doc["sellerId"]), doc["quantity"])
                 expected[row[0]] = row
                 if i % 10 != 0:  # 10% missing in PostgreSQL
@@ -93,8 +102,12 @@ def main() -> int:
         home = state / "dagster_home"
         home.mkdir()
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        env = {**os.environ, **stack.env(), "DAGSTER_HOME": str(home),
-               "DAGSTER_PG_URL": stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2")}  # fmt: skip
+        env = {
+            **os.environ,
+            **stack.env(),
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_PG_URL": stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
+        }
         config = state / "run_config.yaml"
         config.write_text(f"batch_size: {args.batch_size}\n")
         dagster = str(Path(sys.executable).parent / "dagster")
@@ -103,8 +116,11 @@ def main() -> int:
         with log.open("w") as out:
             job = subprocess.Popen(
                 [dagster, "job", "execute", "-m", "etl_defs", "-j", "product_sync_job", "-c", str(config)],
-                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                env=env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
             peak_rss_mib = 0.0
             while job.poll() is None:
                 peak_rss_mib = max(peak_rss_mib, _peak_rss_mib(job.pid))
@@ -117,8 +133,10 @@ def main() -> int:
         summary = next(line for line in output.splitlines() if "products sync applied" in line)
 
         with psycopg.connect(stack.pg_url(CART_DB)) as conn:
-            actual = {row[0]: tuple(row) for row in conn.execute(
-                'SELECT id, title, price, image, "sellerId", quantity FROM product')}  # fmt: skip
+            actual = {
+                row[0]: tuple(row)
+                for row in conn.execute('SELECT id, title, price, image, "sellerId", quantity FROM product')
+            }
         correct = actual == expected
         result = {
             "products": args.products,

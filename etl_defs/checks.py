@@ -144,9 +144,9 @@ def drift_result(check: DriftCheck, report: SyncReport) -> dg.AssetCheckResult:
         "sample_keys": dg.MetadataValue.json(samples),
         "source_rows": report.source_rows,
         "target_rows": sum(
-            report.counts[c] for c in (Change.CHANGED, Change.OUTDATED, Change.UNCHANGED, Change.ORPHANED,
-                                       Change.NEWER_IN_TARGET)
-        ),  # fmt: skip
+            report.counts[c]
+            for c in (Change.CHANGED, Change.OUTDATED, Change.UNCHANGED, Change.ORPHANED, Change.NEWER_IN_TARGET)
+        ),
         "duration_s": round(report.duration_s, 3),
     }
     if len(check.classes) > 1:

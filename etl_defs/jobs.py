@@ -37,7 +37,9 @@ def _sync_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
             description="Keys per batch and transaction" + _allowed(SyncOpConfig, "batch_size"),
         ),
         "batch_pause_ms": dg.Field(
-            int, default_value=0, description="Pause after each written batch (ms)" + _allowed(SyncOpConfig, "batch_pause_ms")
+            int,
+            default_value=0,
+            description="Pause after each written batch (ms)" + _allowed(SyncOpConfig, "batch_pause_ms"),
         ),
     }
 

@@ -173,7 +173,8 @@ def build_validate_after_sync_sensor(validation_job: UnresolvedAssetJobDefinitio
             )
         if not requests:
             return dg.SensorResult(
-                skip_reason="no sync wrote " + " or ".join(t.to_user_string() for t in CHECKS_OF_TARGET)
+                skip_reason="no sync wrote "
+                + " or ".join(t.to_user_string() for t in CHECKS_OF_TARGET)
                 + " since the last validation",
                 cursor=context.cursor,
             )

@@ -76,9 +76,7 @@ class SyncSettings(BaseModel):
     health_check_cron_schedule: str = Field(default="*/5 * * * *", alias="HEALTH_CHECK_CRON_SCHEDULE")
     enable_scheduler: bool = Field(default=True, alias="ENABLE_SCHEDULER")
     sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
-    cart_sync_batch_size: int = Field(
-        default=DEFAULT_BATCH_SIZE, alias="CART_SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE
-    )
+    cart_sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="CART_SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
     timezone: str = Field(default="UTC", alias="TIMEZONE")
 
     @field_validator("product_mongodb_url", "order_mongodb_url")

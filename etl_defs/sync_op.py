@@ -1,6 +1,5 @@
 """Dagster glue shared by both sync ops: config, lock, retries, figures as metadata."""
 
-
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,9 +35,7 @@ def report_metadata(report: SyncReport) -> dict[str, Any]:
     metadata["sample_keys"] = dg.MetadataValue.json(
         {change.value: report.samples[change] for change in Change if report.samples[change]}
     )
-    metadata["rejections"] = dg.MetadataValue.json(
-        [{"key": r.key, "reason": r.reason} for r in report.rejections]
-    )
+    metadata["rejections"] = dg.MetadataValue.json([{"key": r.key, "reason": r.reason} for r in report.rejections])
     return metadata
 
 
@@ -56,7 +53,9 @@ def retried_while_unavailable(context: dg.OpExecutionContext, after_failure: str
         if attempt >= MAX_CONNECTION_RETRIES:
             # A Failure's description is the step failure's message: the database, not a wrapper.
             note = f"; {after_failure}" if after_failure else ""
-            raise dg.Failure(description=f"{error} (gave up after {attempt} retries{note})", allow_retries=False) from error
+            raise dg.Failure(
+                description=f"{error} (gave up after {attempt} retries{note})", allow_retries=False
+            ) from error
         wait = RETRY_BASE_DELAY_S * 2**attempt
         context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
         raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
@@ -98,8 +97,11 @@ def run_sync_op(
     backoff; bad data is never retried (it is rejected record by record instead).
     """
     try:
-        with retried_while_unavailable(context, after_failure="batches written before the fault stay written; "
-                                       "run the sync again once the database is back to repair the rest"):  # fmt: skip
+        with retried_while_unavailable(
+            context,
+            after_failure="batches written before the fault stay written; "
+            "run the sync again once the database is back to repair the rest",
+        ):
             if config.dry_run:
                 report = _run(context, config, spec, endpoints)
             else:

@@ -68,8 +68,10 @@ def stop(stack: LocalStack, delete: bool) -> None:
     exit), and it says when a stack port answers for a server this folder did not start.
     """
     if stack.recorded:
-        pids = {"mongodb": stack.state.mongo_pid if stack.mongo_running else None,
-                "postgresql": stack.state.pg_pid if stack.pg_running else None}  # fmt: skip
+        pids = {
+            "mongodb": stack.state.mongo_pid if stack.mongo_running else None,
+            "postgresql": stack.state.pg_pid if stack.pg_running else None,
+        }
         if delete:
             stack.clean()
         else:

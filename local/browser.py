@@ -28,9 +28,16 @@ from selenium.webdriver.common.keys import Keys
 INSTALL_HINT = "apt-get install chromium chromium-driver (Debian's Chromium and its WebDriver)"
 #: Chromium on a closed network: no background connections, no first-run pages, no GPU.
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)  # fmt: skip
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 RUN_URL = re.compile(r"/runs/([0-9a-f-]{36})")
 
 
@@ -83,8 +90,10 @@ class DagsterUI:
                 return value
             time.sleep(0.3)
         shot = self.screenshot(Path(tempfile.mkdtemp(prefix="etl-sync-ui-")) / "timeout.png")
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} on {self.driver.current_url} "
-                             f"(screenshot: {shot}); the page says: {self.text()[:1500]!r}")  # fmt: skip
+        raise AssertionError(
+            f"timed out after {timeout:.0f}s waiting for {what} on {self.driver.current_url} "
+            f"(screenshot: {shot}); the page says: {self.text()[:1500]!r}"
+        )
 
     def text(self) -> str:
         return self.driver.find_element(By.TAG_NAME, "body").text
@@ -101,7 +110,9 @@ class DagsterUI:
         button.click()
 
     def _buttons(self, label: str) -> list:
-        return [b for b in self.driver.find_elements(By.XPATH, f"//button[normalize-space()='{label}']") if b.is_displayed()]
+        return [
+            b for b in self.driver.find_elements(By.XPATH, f"//button[normalize-space()='{label}']") if b.is_displayed()
+        ]
 
     def screenshot(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,19 +150,26 @@ class DagsterUI:
 
     def wait_for_run_status(self, status: str, timeout: float = 180) -> None:
         """Wait until the run page's header shows `status` (Success, Failure, Canceled)."""
-        self.wait(f"the run to show {status}", lambda: self.driver.find_elements(
-            By.XPATH, f"//*[normalize-space(text())='{status}']"), timeout)  # fmt: skip
+        self.wait(
+            f"the run to show {status}",
+            lambda: self.driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{status}']"),
+            timeout,
+        )
 
     def filter_run_logs(self, text: str) -> None:
-        box = self.wait("the run log filter", lambda: self.driver.find_elements(By.CSS_SELECTOR, "input[placeholder^='Filter']"))
+        box = self.wait(
+            "the run log filter", lambda: self.driver.find_elements(By.CSS_SELECTOR, "input[placeholder^='Filter']")
+        )
         box[0].send_keys(text)
 
     # ----- the asset lineage -----
     def open_global_lineage(self) -> None:
         self.go("/asset-groups", until_text="Global asset lineage")
         self.wait("the lineage graph", lambda: self.driver.find_elements(By.CSS_SELECTOR, f"{_GRAPH} foreignObject"))
-        self.wait("the lineage's nodes to load their status", lambda: "Loading" not in self.driver.find_element(
-            By.CSS_SELECTOR, _GRAPH).get_attribute("textContent"))  # fmt: skip
+        self.wait(
+            "the lineage's nodes to load their status",
+            lambda: "Loading" not in self.driver.find_element(By.CSS_SELECTOR, _GRAPH).get_attribute("textContent"),
+        )
 
     def expand_lineage_groups(self) -> None:
         """Open every collapsed group box, one click at a time (each click redraws the graph)."""
@@ -181,8 +199,14 @@ class DagsterUI:
             edges.add((node_at(numbers[0], numbers[1], "out"), node_at(numbers[-2], numbers[-1], "in")))
         group_of = {}
         for node in nodes:
-            around = [g["name"] for g in groups if g["x"] <= node["x"] and node["x"] + node["w"] <= g["x"] + g["w"]
-                      and g["y"] <= node["y"] and node["y"] + node["h"] <= g["y"] + g["h"]]  # fmt: skip
+            around = [
+                g["name"]
+                for g in groups
+                if g["x"] <= node["x"]
+                and node["x"] + node["w"] <= g["x"] + g["w"]
+                and g["y"] <= node["y"]
+                and node["y"] + node["h"] <= g["y"] + g["h"]
+            ]
             group_of[node["name"]] = around[0] if len(around) == 1 else ""
         return Lineage(group_of=group_of, edges=edges)
 

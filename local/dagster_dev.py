@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
     ... on PipelineNotFoundError { message }
   }
 }"""
-RUN_STATUS = 'query RunStatus($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status jobName } } }'
+RUN_STATUS = "query RunStatus($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status jobName } } }"
 SENSOR_TICKS = """
 query SensorTicks($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
@@ -53,9 +53,7 @@ class DagsterDev:
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
+        request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())
         assert "errors" not in answer, answer["errors"]
@@ -111,10 +109,8 @@ def stop_process_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGTERM)  # dagster dev shuts its webserver, daemon and code servers down
     except ProcessLookupError:
         return
-    try:
+    with suppress(subprocess.TimeoutExpired):
         process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
     deadline = time.monotonic() + 15
     while group_alive(process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -138,17 +134,27 @@ def running_dagster_dev(env: dict[str, str], port: int, log: Path) -> Iterator[D
     with log.open("wb") as out:
         process = subprocess.Popen(
             [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     server = DagsterDev(f"http://127.0.0.1:{port}", log, env)
     try:
         server.wait_for("the webserver to answer", lambda: process.poll() is None and answers(server.url))
         server.wait_for(
             f"code location {LOCATION} to load",
-            lambda: LOCATION in json.dumps(server.graphql("{ repositoriesOrError { ... on RepositoryConnection "
-                                                          "{ nodes { name location { name } } } } }")),
-        )  # fmt: skip
+            lambda: (
+                LOCATION
+                in json.dumps(
+                    server.graphql(
+                        "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+                    )
+                )
+            ),
+        )
         yield server
     finally:
         stop_process_group(process)

@@ -126,11 +126,20 @@ def _order_doc(cart: tuple, product: tuple) -> dict:
     cart_id, quantity, user_id, version, _ = cart
     product_id, title, price, image, seller_id, product_quantity = product
     return {
-        "cartId": str(cart_id), "userId": user_id, "productId": product_id, "productTitle": title,
-        "productPrice": price, "productImage": image, "sellerId": seller_id, "productQuantity": product_quantity,
-        "cartQuantity": quantity, "total": price * quantity, "version": version,
-        "createdAt": _LONG_AGO, "updatedAt": _LONG_AGO,
-    }  # fmt: skip
+        "cartId": str(cart_id),
+        "userId": user_id,
+        "productId": product_id,
+        "productTitle": title,
+        "productPrice": price,
+        "productImage": image,
+        "sellerId": seller_id,
+        "productQuantity": product_quantity,
+        "cartQuantity": quantity,
+        "total": price * quantity,
+        "version": version,
+        "createdAt": _LONG_AGO,
+        "updatedAt": _LONG_AGO,
+    }
 
 
 def seed_carts(

@@ -42,19 +42,33 @@ def cart_drift(cart_rows: list[tuple], order_docs: list[dict]) -> dict[str, int]
     """
     in_order = {doc.get("cartId"): doc for doc in order_docs}
     figures = dict.fromkeys(
-        ["carts_in_cart_db", "unsyncable", "missing_in_order_db", "outdated_in_order_db",
-         "stale_in_order_db", "newer_in_order_db", "orphaned_in_order_db"], 0
-    )  # fmt: skip
+        [
+            "carts_in_cart_db",
+            "unsyncable",
+            "missing_in_order_db",
+            "outdated_in_order_db",
+            "stale_in_order_db",
+            "newer_in_order_db",
+            "orphaned_in_order_db",
+        ],
+        0,
+    )
     figures["carts_in_cart_db"] = len(cart_rows)
     for cart_id, quantity, user_id, version, product_id, title, price, image, seller_id, stock in cart_rows:
         if title is None or quantity <= 0 or price < 0:
             figures["unsyncable"] += 1
             continue
         expected = {
-            "userId": user_id, "productId": product_id, "productTitle": title, "productPrice": price,
-            "productImage": image, "sellerId": seller_id, "productQuantity": stock, "cartQuantity": quantity,
+            "userId": user_id,
+            "productId": product_id,
+            "productTitle": title,
+            "productPrice": price,
+            "productImage": image,
+            "sellerId": seller_id,
+            "productQuantity": stock,
+            "cartQuantity": quantity,
             "total": price * quantity,
-        }  # fmt: skip
+        }
         doc = in_order.get(cart_id)
         if doc is None:
             figures["missing_in_order_db"] += 1

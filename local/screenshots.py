@@ -40,8 +40,12 @@ def reprice(stack: LocalStack, count: int) -> None:
 
 def take(out: Path) -> list[Path]:
     stack = stack_from_env()
-    env = {**os.environ, **stack.env(), "DAGSTER_HOME": str(stack.state_dir / "dagster_home"),
-           "ENABLE_SCHEDULER": "false"}  # fmt: skip
+    env = {
+        **os.environ,
+        **stack.env(),
+        "DAGSTER_HOME": str(stack.state_dir / "dagster_home"),
+        "ENABLE_SCHEDULER": "false",
+    }
     for count in (0, 40, 15):  # three product syncs with different amounts of drift, for the plots
         if count:
             reprice(stack, count)

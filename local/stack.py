@@ -106,7 +106,8 @@ def listening(port: int) -> bool:
 def _port_free_or_fail(port: int, what: str, setting: str) -> None:
     if listening(port):
         raise StackError(
-            f"{what} cannot start: 127.0.0.1:{port} is already in use (another local stack? choose a port with {setting})"
+            f"{what} cannot start: 127.0.0.1:{port} is already in use "
+            f"(another local stack? choose a port with {setting})"
         )
 
 
@@ -149,9 +150,12 @@ class LocalStack:
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.state = StackState(
-            mongo_port=mongo_port, pg_port=pg_port, pg_password=pg_password,
-            mongo_user=mongo_user, mongo_password=mongo_password,
-        )  # fmt: skip
+            mongo_port=mongo_port,
+            pg_port=pg_port,
+            pg_password=pg_password,
+            mongo_user=mongo_user,
+            mongo_password=mongo_password,
+        )
         saved = self._load()
         if saved is not None:
             self.state = saved
@@ -177,8 +181,12 @@ class LocalStack:
     def mongo_client(self, **options: object) -> MongoClient:
         """A client for the stack's MongoDB, authenticated when the stack uses auth."""
         if self.state.mongo_user:
-            options = {"username": self.state.mongo_user, "password": self.state.mongo_password,
-                       "authSource": "admin", **options}  # fmt: skip
+            options = {
+                "username": self.state.mongo_user,
+                "password": self.state.mongo_password,
+                "authSource": "admin",
+                **options,
+            }
         return MongoClient(self.mongo_url("admin"), **options)
 
     def pg_url(self, db: str, scheme: str = "postgresql") -> str:
@@ -192,9 +200,12 @@ class LocalStack:
             "ORDER_SERVICE_MONGODB_URL": self.mongo_url(ORDER_DB),
             "CART_DB_URL": self.pg_url(CART_DB),
             "DAGSTER_PG_URL": self.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
-            **({"MONGO_USER": self.state.mongo_user, "MONGO_PASSWORD": self.state.mongo_password or ""}
-               if self.state.mongo_user else {}),
-        }  # fmt: skip
+            **(
+                {"MONGO_USER": self.state.mongo_user, "MONGO_PASSWORD": self.state.mongo_password or ""}
+                if self.state.mongo_user
+                else {}
+            ),
+        }
 
     # ----- lifecycle -----
     @property
@@ -235,10 +246,14 @@ class LocalStack:
 
     def down(self) -> None:
         """Stop the processes `up` started (by PID) and wait for them to exit; raise if one will not."""
-        running = [(pid, mode) for pid, mode, alive in (
-            (self.state.pg_pid, signal.SIGINT, self.pg_running),  # SIGINT: PostgreSQL's "fast" shutdown
-            (self.state.mongo_pid, signal.SIGTERM, self.mongo_running),
-        ) if alive]  # fmt: skip
+        running = [
+            (pid, mode)
+            for pid, mode, alive in (
+                (self.state.pg_pid, signal.SIGINT, self.pg_running),  # SIGINT: PostgreSQL's "fast" shutdown
+                (self.state.mongo_pid, signal.SIGTERM, self.mongo_running),
+            )
+            if alive
+        ]
         for pid, mode in running:
             os.kill(pid, mode)  # type: ignore[arg-type]
         for pid, _ in running:
@@ -298,9 +313,11 @@ class LocalStack:
             client = MongoClient(self.mongo_url("admin"), serverSelectionTimeoutMS=30_000)
             try:
                 client.admin.command(
-                    "createUser", self.state.mongo_user, pwd=self.state.mongo_password,
+                    "createUser",
+                    self.state.mongo_user,
+                    pwd=self.state.mongo_password,
                     roles=[{"role": "root", "db": "admin"}],
-                )  # fmt: skip
+                )
                 client.admin.command("fsync")  # the user must survive even a hard stop below
             finally:
                 client.close()
@@ -321,15 +338,29 @@ class LocalStack:
         log = self.state_dir / "mongo.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [server, "--host", "127.0.0.1", "--port", str(self.state.mongo_port),
-                 "--storage-path", str(self.state_dir / "mongo"), "--log-level", "WARNING",
-                 *(["--auth"] if auth else [])],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.state_dir, start_new_session=True,
-            )  # fmt: skip
+                [
+                    server,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.state.mongo_port),
+                    "--storage-path",
+                    str(self.state_dir / "mongo"),
+                    "--log-level",
+                    "WARNING",
+                    *(["--auth"] if auth else []),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.state_dir,
+                start_new_session=True,
+            )
         _wait_port(self.state.mongo_port, 60, "SecantusDB", log)
-        client = self.mongo_client(serverSelectionTimeoutMS=30_000) if auth else MongoClient(
-            self.mongo_url("admin"), serverSelectionTimeoutMS=30_000
+        client = (
+            self.mongo_client(serverSelectionTimeoutMS=30_000)
+            if auth
+            else MongoClient(self.mongo_url("admin"), serverSelectionTimeoutMS=30_000)
         )
         try:
             client.admin.command("ping")
@@ -346,8 +377,9 @@ class LocalStack:
         except KeyError:
             subprocess.run(
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_RUN_USER],
-                check=True, capture_output=True,
-            )  # fmt: skip
+                check=True,
+                capture_output=True,
+            )
         return {"user": PG_RUN_USER, "group": PG_RUN_USER, "extra_groups": []}
 
     @property
@@ -390,10 +422,23 @@ class LocalStack:
             pwfile.write_text(self.state.pg_password + "\n")
             self._chown_to_pg_user(pwfile)
             result = subprocess.run(
-                [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_SUPERUSER, "--pwfile", str(pwfile),
-                 "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"],
-                capture_output=True, text=True, env=env, **run_as,
-            )  # fmt: skip
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    PG_SUPERUSER,
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                **run_as,
+            )
             pwfile.unlink()
             if result.returncode != 0:
                 raise StackError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
@@ -405,12 +450,19 @@ class LocalStack:
         )
         result = subprocess.run(
             [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
-            capture_output=True, text=True, env=env, **run_as,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env,
+            **run_as,
+        )
         if result.returncode != 0:
             # pg_ctl gave up waiting; a postmaster still starting must not outlive the failed `up`.
-            subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                           capture_output=True, env=env, **run_as)  # fmt: skip
+            subprocess.run(
+                [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                capture_output=True,
+                env=env,
+                **run_as,
+            )
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise StackError(f"PostgreSQL did not start:\n{result.stdout}\n{result.stderr}\n{tail}")
         return int((data / "postmaster.pid").read_text().splitlines()[0])

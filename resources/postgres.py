@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import dagster as dg
 import psycopg

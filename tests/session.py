@@ -35,9 +35,13 @@ TEST_SECRETS = (PG_TEST_PASSWORD, MONGO_TEST_PASSWORD)
 STATE_DIR = Path(tempfile.mkdtemp(prefix="etl-sync-test-"))
 atexit.register(shutil.rmtree, STATE_DIR, ignore_errors=True)
 STACK = LocalStack(
-    STATE_DIR, mongo_port=free_port(), pg_port=free_port(), pg_password=PG_TEST_PASSWORD,
-    mongo_user=MONGO_TEST_USER, mongo_password=MONGO_TEST_PASSWORD,
-)  # fmt: skip
+    STATE_DIR,
+    mongo_port=free_port(),
+    pg_port=free_port(),
+    pg_password=PG_TEST_PASSWORD,
+    mongo_user=MONGO_TEST_USER,
+    mongo_password=MONGO_TEST_PASSWORD,
+)
 SERVICE_ENV = {
     **STACK.env(),
     "SYNC_BATCH_SIZE": "1000",

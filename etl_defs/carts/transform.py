@@ -79,9 +79,7 @@ def transform_cart(row: JoinedCart | tuple) -> CartRow | Rejection:
         return Rejection(key, f"product {cart.product_id!r} has a negative price {price}")
     total = price * cart.cart_quantity
     if not INT64_MIN <= total <= INT64_MAX:
-        return Rejection(
-            key, f"total {price} * {cart.cart_quantity} = {total} does not fit a 64-bit integer"
-        )
+        return Rejection(key, f"total {price} * {cart.cart_quantity} = {total} does not fit a 64-bit integer")
     return CartRow(
         cartId=key,
         userId=cart.user_id,

@@ -21,7 +21,9 @@ PRODUCT_SYNC = SyncSpec(
 
 
 @dg.op(description="Check that the Product MongoDB and the Cart PostgreSQL answer and the product table fits.")
-def check_product_sync_ready(context: dg.OpExecutionContext, product_db: MongoResource, cart_db: PostgresResource) -> None:
+def check_product_sync_ready(
+    context: dg.OpExecutionContext, product_db: MongoResource, cart_db: PostgresResource
+) -> None:
     def problems() -> list[str]:
         with cart_db.connection() as conn:
             return product_schema_problems(conn)

@@ -75,9 +75,14 @@ class BatchPlan(Generic[Row, Tgt]):
     def size(self) -> int:
         """How many keys this plan classifies."""
         return (
-            len(self.missing) + len(self.changed) + len(self.outdated) + len(self.unchanged) + len(self.orphaned)
-            + len(self.rejected) + len(self.newer_in_target)
-        )  # fmt: skip
+            len(self.missing)
+            + len(self.changed)
+            + len(self.outdated)
+            + len(self.unchanged)
+            + len(self.orphaned)
+            + len(self.rejected)
+            + len(self.newer_in_target)
+        )
 
     @property
     def has_updates(self) -> bool:

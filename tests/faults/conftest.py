@@ -91,8 +91,10 @@ def fault_stack() -> Iterator[FaultStack]:
     # The same credentials as the session stack: `etl_defs.defs` bound MONGO_USER and
     # MONGO_PASSWORD when it was imported with them set.
     credentials = {
-        "pg_password": PG_TEST_PASSWORD, "mongo_user": MONGO_TEST_USER, "mongo_password": MONGO_TEST_PASSWORD,
-    }  # fmt: skip
+        "pg_password": PG_TEST_PASSWORD,
+        "mongo_user": MONGO_TEST_USER,
+        "mongo_password": MONGO_TEST_PASSWORD,
+    }
     stack = FaultStack(
         main=LocalStack(main_dir, mongo_port=free_port(), pg_port=free_port(), **credentials),
         # Only this stack's SecantusDB is started: its PostgreSQL port is never used.

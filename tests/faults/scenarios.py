@@ -24,9 +24,18 @@ PRODUCT_COLUMNS = 'id, title, price, image, "sellerId", quantity'
 
 #: Order `carts` fields the cart sync owns (all but `_id`, `createdAt`, `updatedAt`).
 CART_FIELDS = (
-    "cartId", "userId", "productId", "productTitle", "productPrice", "productImage",
-    "sellerId", "productQuantity", "cartQuantity", "total", "version",
-)  # fmt: skip
+    "cartId",
+    "userId",
+    "productId",
+    "productTitle",
+    "productPrice",
+    "productImage",
+    "sellerId",
+    "productQuantity",
+    "cartQuantity",
+    "total",
+    "version",
+)
 
 
 #: `createdAt`/`updatedAt` of planted Order documents: anything the sync writes is later.
@@ -212,15 +221,28 @@ def cart_drift(cart_conn: Any, order_db: Any, carts: int, products: int) -> Drif
             case 4:  # newer in the Order DB: never touched
                 before[key] = expected[key] = (*right[:8], right[8] + 2, right[4] * (right[8] + 2), right[10] + 1)
                 correct.add(key)
-    for n in range(5):  # orphans: counted, not deleted (no pruning)
+    for _n in range(5):  # orphans: counted, not deleted (no pruning)
         key = str(uuid.uuid4())
-        before[key] = expected[key] = (key, "user-gone", str(ObjectId()), "gone", 500, "/img/gone.jpg",
-                                       str(ObjectId()), 1, 1, 500, 1)  # fmt: skip
+        before[key] = expected[key] = (
+            key,
+            "user-gone",
+            str(ObjectId()),
+            "gone",
+            500,
+            "/img/gone.jpg",
+            str(ObjectId()),
+            1,
+            1,
+            500,
+            1,
+        )
         correct.add(key)
-    order_db["carts"].insert_many([
-        {**dict(zip(CART_FIELDS, value, strict=True)), "createdAt": PLANTED_AT, "updatedAt": PLANTED_AT}
-        for value in before.values()
-    ])
+    order_db["carts"].insert_many(
+        [
+            {**dict(zip(CART_FIELDS, value, strict=True)), "createdAt": PLANTED_AT, "updatedAt": PLANTED_AT}
+            for value in before.values()
+        ]
+    )
     return Drift(before=before, expected=expected, correct=correct)
 
 

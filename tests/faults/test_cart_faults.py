@@ -47,9 +47,7 @@ def rerun(start_job: StartJob) -> None:
     assert result.success, result.get_step_failure_events()
 
 
-def test_order_mongodb_stopped_mid_run(
-    faults: FaultStack, start_job: StartJob, no_retries: None
-) -> None:
+def test_order_mongodb_stopped_mid_run(faults: FaultStack, start_job: StartJob, no_retries: None) -> None:
     scenario, run = start_slow_sync(faults, start_job)
 
     faults.order.stop_mongo(signal.SIGTERM)  # a clean stop: what it acknowledged is kept
@@ -57,7 +55,9 @@ def test_order_mongodb_stopped_mid_run(
 
     assert not result.success
     message = step_failure_message(result, "sync_carts")
-    assert_names_the_database(message, f"Order MongoDB (127.0.0.1:{faults.order.state.mongo_port}/order) is unavailable")
+    assert_names_the_database(
+        message, f"Order MongoDB (127.0.0.1:{faults.order.state.mongo_port}/order) is unavailable"
+    )
     assert "gave up after 0 retries" in message
     faults.ensure_up()
     assert scenario.applied_batches(frontier_may_be_partial=True) >= 3

@@ -96,9 +96,7 @@ def test_connections_cut_mid_write(faults: FaultStack, start_job: StartJob) -> N
     scenario.assert_converged()
 
 
-def test_product_mongodb_stopped_mid_run(
-    faults: FaultStack, start_job: StartJob, no_retries: None
-) -> None:
+def test_product_mongodb_stopped_mid_run(faults: FaultStack, start_job: StartJob, no_retries: None) -> None:
     scenario, run = start_slow_sync(faults, start_job)
 
     faults.main.stop_mongo()
@@ -106,7 +104,9 @@ def test_product_mongodb_stopped_mid_run(
 
     assert not result.success
     message = step_failure_message(result, "sync_products")
-    assert_names_the_database(message, f"Product MongoDB (127.0.0.1:{faults.main.state.mongo_port}/product) is unavailable")
+    assert_names_the_database(
+        message, f"Product MongoDB (127.0.0.1:{faults.main.state.mongo_port}/product) is unavailable"
+    )
     assert "gave up after 0 retries" in message
     scenario.assert_stopped_part_way(3)
 

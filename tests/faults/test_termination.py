@@ -25,9 +25,9 @@ from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster_graphql.client.client_queries import TERMINATE_RUN_JOB_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from tests.session import REPO
 from tests.faults.conftest import FaultStack, sync_sessions, wait_until, write_held_mid_statement
 from tests.faults.scenarios import ProductScenario
+from tests.session import REPO
 
 pytestmark = pytest.mark.faults
 
@@ -50,8 +50,12 @@ class Terminal:
         with (self.home / "run.log").open("w") as log:
             return subprocess.Popen(
                 [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", job, "-c", str(path)],
-                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     @property
     def output(self) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from local.stack import DAGSTER_DB, LocalStack, free_port
 from local.dagster_dev import LOCATION, REPOSITORY, SENSOR_TICKS, DagsterDev, running_dagster_dev
+from local.stack import DAGSTER_DB, LocalStack, free_port
 from tests.session import REPO, Databases
 
 
@@ -43,8 +43,10 @@ def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
     with running_dagster_dev(env, port, home / "dagster-dev.log") as server:
         # Its first tick validates the newest syncs of earlier tests: wait for it, so tests see only their own.
         selector = {
-            "repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "validate_after_sync_sensor",
-        }  # fmt: skip
+            "repositoryLocationName": LOCATION,
+            "repositoryName": REPOSITORY,
+            "sensorName": "validate_after_sync_sensor",
+        }
         server.wait_for(
             "validate_after_sync_sensor's first tick",
             lambda: server.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]["sensorState"]["ticks"],

@@ -15,7 +15,9 @@ def run_id_of(job: str, cli_output: str) -> str:
     return run_id
 
 
-def dagster_job_execute(env: dict[str, str], job: str, config: str | None, tmp_path: Path) -> subprocess.CompletedProcess:
+def dagster_job_execute(
+    env: dict[str, str], job: str, config: str | None, tmp_path: Path
+) -> subprocess.CompletedProcess:
     """`dagster job execute` of `job`, with `config` (YAML text) as its run config file when given."""
     config_file = None
     if config is not None:

@@ -32,9 +32,18 @@ from tests.session import Databases
 
 _numbers = itertools.count(1)
 SYNCED_FIELDS = (
-    "cartId", "userId", "productId", "productTitle", "productPrice", "productImage", "sellerId",
-    "productQuantity", "cartQuantity", "total", "version",
-)  # fmt: skip
+    "cartId",
+    "userId",
+    "productId",
+    "productTitle",
+    "productPrice",
+    "productImage",
+    "sellerId",
+    "productQuantity",
+    "cartQuantity",
+    "total",
+    "version",
+)
 LONG_AGO = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -60,18 +69,25 @@ class Cart:
 def new_product(**overrides: Any) -> Product:
     n = next(_numbers)
     values = {
-        "id": str(ObjectId()), "title": f"Product {n}", "price": 100 + n * 10, "image": f"/img/{n}.jpg",
-        "sellerId": str(ObjectId()), "quantity": n % 7,
-    }  # fmt: skip
+        "id": str(ObjectId()),
+        "title": f"Product {n}",
+        "price": 100 + n * 10,
+        "image": f"/img/{n}.jpg",
+        "sellerId": str(ObjectId()),
+        "quantity": n % 7,
+    }
     values.update(overrides)
     return Product(**values)
 
 
 def new_cart(product: Product | str, **overrides: Any) -> Cart:
     values = {
-        "id": str(uuid.uuid4()), "quantity": 2, "userId": "user-1", "version": 1,
+        "id": str(uuid.uuid4()),
+        "quantity": 2,
+        "userId": "user-1",
+        "version": 1,
         "productId": product if isinstance(product, str) else product.id,
-    }  # fmt: skip
+    }
     values.update(overrides)
     return Cart(**values)
 
@@ -94,9 +110,10 @@ def expected_doc(cart: Cart, product: Product) -> dict[str, Any]:
 
 
 def insert_products(dbs: Databases, *products: Product) -> None:
-    with dbs.cart_conn() as conn, conn.cursor().copy(
-        'COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN'
-    ) as copy:
+    with (
+        dbs.cart_conn() as conn,
+        conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy,
+    ):
         for p in products:
             copy.write_row((p.id, p.title, p.price, p.image, p.sellerId, p.quantity))
 
@@ -201,9 +218,16 @@ def plant_drift(dbs: Databases, user: str = "user-1") -> Drift:
     )
     return Drift(
         products={p.id: p for p in (teapot, cup, kettle)},
-        missing=missing, outdated=outdated, changed=changed, unchanged=unchanged, newer=newer,
-        newer_doc=newer_doc, orphan_doc=orphan_doc, no_product=no_product, zero_quantity=zero_quantity,
-    )  # fmt: skip
+        missing=missing,
+        outdated=outdated,
+        changed=changed,
+        unchanged=unchanged,
+        newer=newer,
+        newer_doc=newer_doc,
+        orphan_doc=orphan_doc,
+        no_product=no_product,
+        zero_quantity=zero_quantity,
+    )
 
 
 def expected_after_sync(drift: Drift) -> dict[str, dict[str, Any]]:
@@ -244,24 +268,52 @@ def test_every_class_is_written_or_counted_and_reported(dbs: Databases, instance
     assert drift.zero_quantity.id not in docs
 
     out = figures(result)
-    assert {k: out[k] for k in ("source_rows", "missing", "outdated", "changed", "unchanged", "newer_in_target",
-                                "orphaned", "rejected", "inserted", "updated", "deleted",
-                                "newer_in_target_at_write", "rejected_at_write")} == {
-        "source_rows": 7, "missing": 1, "outdated": 1, "changed": 1, "unchanged": 1, "newer_in_target": 1,
-        "orphaned": 1, "rejected": 2, "inserted": 1, "updated": 2, "deleted": 0,
-        "newer_in_target_at_write": 0, "rejected_at_write": 0,
-    }  # fmt: skip
+    assert {
+        k: out[k]
+        for k in (
+            "source_rows",
+            "missing",
+            "outdated",
+            "changed",
+            "unchanged",
+            "newer_in_target",
+            "orphaned",
+            "rejected",
+            "inserted",
+            "updated",
+            "deleted",
+            "newer_in_target_at_write",
+            "rejected_at_write",
+        )
+    } == {
+        "source_rows": 7,
+        "missing": 1,
+        "outdated": 1,
+        "changed": 1,
+        "unchanged": 1,
+        "newer_in_target": 1,
+        "orphaned": 1,
+        "rejected": 2,
+        "inserted": 1,
+        "updated": 2,
+        "deleted": 0,
+        "newer_in_target_at_write": 0,
+        "rejected_at_write": 0,
+    }
     metadata = materialized_metadata(result)
     assert {k: metadata[k] for k in out} == out
     assert metadata["dry_run"] is False
     assert sorted(metadata["rejections"], key=lambda r: r["key"]) == sorted(
         [
-            {"key": drift.no_product.id, "reason": f"product {drift.no_product.productId!r} is not in the Cart DB's "
-             "product table, so its price is unknown"},
+            {
+                "key": drift.no_product.id,
+                "reason": f"product {drift.no_product.productId!r} is not in the Cart DB's "
+                "product table, so its price is unknown",
+            },
             {"key": drift.zero_quantity.id, "reason": "cart quantity 0 is not positive"},
         ],
         key=lambda r: r["key"],
-    )  # fmt: skip
+    )
     assert metadata["sample_keys"]["newer_in_target"] == [drift.newer.id]
     assert metadata["sample_keys"]["orphaned"] == [drift.orphan_doc["cartId"]]
 
@@ -316,9 +368,7 @@ def test_pruning_keeps_an_orphan_whose_cart_appeared_in_the_cart_db_after_the_sc
 def test_user_id_touches_only_that_users_carts_on_both_sides(dbs: Databases, instance: dg.DagsterInstance) -> None:
     mine = plant_drift(dbs, user="user-1")
     theirs = plant_drift(dbs, user="user-2")
-    untouched_before = {
-        key: doc for key, doc in order_docs(dbs).items() if doc["userId"] == "user-2"
-    }
+    untouched_before = {key: doc for key, doc in order_docs(dbs).items() if doc["userId"] == "user-2"}
 
     result = run_job(instance, "cart_sync_job", user_id="user-1", prune_orphans=True)
 
@@ -351,9 +401,11 @@ class sync_endpoints:  # noqa: N801 - used as a context manager
     def __init__(self, dbs: Databases, **options: Any) -> None:
         self.cart_db = PostgresResource(url=dbs.stack.pg_url(CART_DB))
         self.order_db = MongoResource(
-            url=dbs.stack.mongo_url(ORDER_DB), label="Order MongoDB",
-            username=dbs.stack.state.mongo_user, password=dbs.stack.state.mongo_password,
-        )  # fmt: skip
+            url=dbs.stack.mongo_url(ORDER_DB),
+            label="Order MongoDB",
+            username=dbs.stack.state.mongo_user,
+            password=dbs.stack.state.mongo_password,
+        )
         self.options = options
 
     def __enter__(self) -> CartSyncEndpoints:
@@ -500,8 +552,14 @@ def test_a_dry_run_reports_the_plan_and_writes_nothing(dbs: Databases, instance:
     assert result.success
     assert full_dump(dbs) == before
     out = figures(result)
-    assert (out["missing"], out["outdated"], out["changed"], out["newer_in_target"], out["orphaned"],
-            out["rejected"]) == (1, 1, 1, 1, 1, 2)  # fmt: skip
+    assert (
+        out["missing"],
+        out["outdated"],
+        out["changed"],
+        out["newer_in_target"],
+        out["orphaned"],
+        out["rejected"],
+    ) == (1, 1, 1, 1, 1, 2)
     assert (out["inserted"], out["updated"], out["deleted"]) == (0, 0, 0)
     assert result.asset_materializations_for_node("sync_carts") == []
 
@@ -510,10 +568,16 @@ def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
     dbs: Databases, instance: dg.DagsterInstance
 ) -> None:
     source_products = [
-        {"_id": ObjectId(), "title": f"P{i}", "image": f"/img/p{i}.jpg", "price": 1000 + i, "sellerId": ObjectId(),
-         "quantity": 3}
+        {
+            "_id": ObjectId(),
+            "title": f"P{i}",
+            "image": f"/img/p{i}.jpg",
+            "price": 1000 + i,
+            "sellerId": ObjectId(),
+            "quantity": 3,
+        }
         for i in range(3)
-    ]  # fmt: skip
+    ]
     dbs.product_db.products.insert_many(source_products)
     assert run_job(instance, "product_sync_job").success
     rows = dbs.product_rows()
@@ -635,26 +699,46 @@ def test_the_demo_seed_plants_the_cart_drift_the_report_counts_and_the_sync_repa
         return cart_drift(rows, list(dbs.order_db.carts.find({}, {"_id": 0})))
 
     assert report() == {
-        "carts_in_cart_db": 103, "unsyncable": 3, "missing_in_order_db": 10, "outdated_in_order_db": 10,
-        "stale_in_order_db": 10, "newer_in_order_db": 10, "orphaned_in_order_db": 10,
-    }  # fmt: skip
-    assert (planted.carts, planted.unsyncable, planted.missing_in_order_db, planted.outdated_in_order_db,
-            planted.stale_in_order_db, planted.newer_in_order_db, planted.orphaned_in_order_db) == (
-        103, 3, 10, 10, 10, 10, 10)  # fmt: skip
+        "carts_in_cart_db": 103,
+        "unsyncable": 3,
+        "missing_in_order_db": 10,
+        "outdated_in_order_db": 10,
+        "stale_in_order_db": 10,
+        "newer_in_order_db": 10,
+        "orphaned_in_order_db": 10,
+    }
+    assert (
+        planted.carts,
+        planted.unsyncable,
+        planted.missing_in_order_db,
+        planted.outdated_in_order_db,
+        planted.stale_in_order_db,
+        planted.newer_in_order_db,
+        planted.orphaned_in_order_db,
+    ) == (103, 3, 10, 10, 10, 10, 10)
 
     result = run_job(instance, "full_sync_job", prune_orphans=True)
 
     assert result.success
     out = figures(result)
     assert (out["missing"], out["outdated"], out["newer_in_target"], out["orphaned"], out["rejected"]) == (
-        10, 10, 10, 10, 3
+        10,
+        10,
+        10,
+        10,
+        3,
     )
     # The planted stale prices, plus the up-to-date carts of the products the product sync updated.
     assert planted.stale_after_product_sync > 0
     assert out["changed"] == planted.stale_in_order_db + planted.stale_after_product_sync
     assert report() == {
-        "carts_in_cart_db": 103, "unsyncable": 3, "missing_in_order_db": 0, "outdated_in_order_db": 0,
-        "stale_in_order_db": 0, "newer_in_order_db": 10, "orphaned_in_order_db": 0,
-    }  # fmt: skip
+        "carts_in_cart_db": 103,
+        "unsyncable": 3,
+        "missing_in_order_db": 0,
+        "outdated_in_order_db": 0,
+        "stale_in_order_db": 0,
+        "newer_in_order_db": 10,
+        "orphaned_in_order_db": 0,
+    }
     demo_user_docs = dbs.order_db.carts.count_documents({"userId": DEMO_USER})
     assert demo_user_docs == planted.demo_user_carts - planted.unsyncable

@@ -13,9 +13,9 @@ from etl_defs import defs, settings
 from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
-from tests.session import Databases
 from tests.factories import expected_row, product_doc
 from tests.integration.helpers import dagster_job_execute
+from tests.session import Databases
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
@@ -40,9 +40,10 @@ def meta(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:
 
 
 def copy_products(dbs: Databases, rows: list[tuple]) -> None:
-    with dbs.cart_conn() as conn, conn.cursor().copy(
-        'COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN'
-    ) as copy:
+    with (
+        dbs.cart_conn() as conn,
+        conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy,
+    ):
         for row in rows:
             copy.write_row(row)
 
@@ -130,9 +131,10 @@ def plant_cart_drift(dbs: Databases, instance: dg.DagsterInstance) -> dict[str, 
     dbs.product_db.products.insert_many(docs)
     copy_products(dbs, [expected_row(doc) for doc in docs])
     carts = [(str(uuid.uuid4()), 1 + i % 3, f"user-{i % 4}", 1, str(docs[i % 3]["_id"])) for i in range(12)]
-    with dbs.cart_conn() as conn, conn.cursor().copy(
-        'COPY cart (id, quantity, "userId", version, "productId") FROM STDIN'
-    ) as copy:
+    with (
+        dbs.cart_conn() as conn,
+        conn.cursor().copy('COPY cart (id, quantity, "userId", version, "productId") FROM STDIN') as copy,
+    ):
         for cart in carts:
             copy.write_row(cart)
     assert run_job("cart_sync_job", instance).success

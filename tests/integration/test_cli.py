@@ -50,7 +50,9 @@ def test_bad_run_config_is_refused_before_the_run(dbs: Databases, dagster_env: d
     assert dbs.product_rows() == {}
 
 
-def test_a_bad_environment_value_fails_at_load_naming_the_variable(dbs: Databases, dagster_env: dict, tmp_path: Path) -> None:
+def test_a_bad_environment_value_fails_at_load_naming_the_variable(
+    dbs: Databases, dagster_env: dict, tmp_path: Path
+) -> None:
     env = {**dagster_env, "SYNC_BATCH_SIZE": "-5"}
 
     result = dagster_job_execute(env, "product_sync_job", None, tmp_path)

@@ -87,8 +87,15 @@ def test_make_honours_local_state_dir_from_up_to_down(tmp_path: Path) -> None:
         assert report.returncode == 0, report.stdout + report.stderr
         assert "products_in_mongodb" in report.stdout
         # The terminal path: `make shell` gives the stack's environment to the dagster CLI.
-        shell = subprocess.run(["make", "shell"], cwd=REPO, env={**env, "SHELL": "/bin/bash"}, capture_output=True,
-                               text=True, timeout=300, input='echo "home=$DAGSTER_HOME"; dagster job list -m etl_defs\n')  # fmt: skip
+        shell = subprocess.run(
+            ["make", "shell"],
+            cwd=REPO,
+            env={**env, "SHELL": "/bin/bash"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            input='echo "home=$DAGSTER_HOME"; dagster job list -m etl_defs\n',
+        )
         assert shell.returncode == 0, shell.stdout + shell.stderr
         assert f"home={state_dir / 'dagster_home'}" in shell.stdout
         assert "Job: product_sync_job" in shell.stdout

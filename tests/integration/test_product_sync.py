@@ -13,8 +13,8 @@ from bson import ObjectId
 from etl_defs import defs
 from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.jobs import InvalidRunConfigError
-from tests.session import Databases
 from tests.factories import DROP, expected_row, product_doc
+from tests.session import Databases
 
 
 @pytest.fixture()
@@ -44,9 +44,10 @@ def plant_drift(dbs: Databases) -> tuple[list[dict], dict[str, tuple]]:
         cart_rows[row[0]] = row
     orphan = (str(ObjectId()), "gone", 500, "/img/gone.jpg", str(ObjectId()), 1)
     cart_rows[orphan[0]] = orphan
-    with dbs.cart_conn() as conn, conn.cursor().copy(
-        'COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN'
-    ) as copy:
+    with (
+        dbs.cart_conn() as conn,
+        conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy,
+    ):
         for row in cart_rows.values():
             copy.write_row(row)
     return docs, cart_rows
@@ -73,8 +74,13 @@ def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance)
     assert dbs.product_rows() == expected
     got = figures(result)
     assert {k: got[k] for k in ("source_rows", "missing", "changed", "unchanged", "orphaned", "rejected")} == {
-        "source_rows": 30, "missing": 6, "changed": 12, "unchanged": 12, "orphaned": 1, "rejected": 0,
-    }  # fmt: skip
+        "source_rows": 30,
+        "missing": 6,
+        "changed": 12,
+        "unchanged": 12,
+        "orphaned": 1,
+        "rejected": 0,
+    }
     assert (got["inserted"], got["updated"]) == (6, 12)
 
 
@@ -100,7 +106,9 @@ def test_the_batch_lines_add_up_to_the_summary_class_by_class(dbs: Databases, in
     assert in_summary["rejected"] == 1 and in_summary["changed"] == 12
 
 
-def test_a_real_run_records_a_materialization_with_numeric_figures(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_real_run_records_a_materialization_with_numeric_figures(
+    dbs: Databases, instance: dg.DagsterInstance
+) -> None:
     plant_drift(dbs)
 
     result = run_product_sync(instance)
@@ -170,9 +178,7 @@ def test_malformed_documents_are_rejected_and_their_batch_neighbours_land(
     assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in good}
     got = figures(result)
     assert (got["rejected"], got["inserted"]) == (5, 6)
-    rejections = (
-        result.asset_materializations_for_node("sync_products")[0].metadata["rejections"].value
-    )
+    rejections = result.asset_materializations_for_node("sync_products")[0].metadata["rejections"].value
     reasons = {r["key"]: r["reason"] for r in rejections}
     for reason, doc in bad.items():
         key = str(doc["_id"]) if isinstance(doc["_id"], ObjectId) else repr(doc["_id"])
@@ -213,7 +219,9 @@ def test_a_missing_target_table_fails_the_preflight_clearly(dbs: Databases, inst
     assert "column product.sellerId is missing" in str(failure.error.message)
 
 
-def test_run_config_with_a_bad_batch_size_is_refused_before_the_run(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_run_config_with_a_bad_batch_size_is_refused_before_the_run(
+    dbs: Databases, instance: dg.DagsterInstance
+) -> None:
     job = defs.resolve_job_def("product_sync_job")
 
     with pytest.raises(InvalidRunConfigError) as error:

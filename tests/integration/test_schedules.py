@@ -12,9 +12,9 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from etl_defs import defs, settings
 from etl_defs.definitions import build_definitions
-from tests.session import REPO, Databases
-from tests.factories import product_doc
 from local.dagster_dev import DAGSTER
+from tests.factories import product_doc
+from tests.session import REPO, Databases
 
 
 @pytest.fixture()
@@ -46,11 +46,15 @@ def test_schedules_follow_the_settings() -> None:
 
     product, cart = on.resolve_schedule_def("product_sync_schedule"), on.resolve_schedule_def("cart_sync_schedule")
     assert (product.cron_schedule, product.execution_timezone, product.job_name) == (
-        "*/7 * * * *", "Europe/Berlin", "product_sync_job",
-    )  # fmt: skip
+        "*/7 * * * *",
+        "Europe/Berlin",
+        "product_sync_job",
+    )
     assert (cart.cron_schedule, cart.execution_timezone, cart.job_name) == (
-        "15 3 * * *", "Europe/Berlin", "cart_sync_job",
-    )  # fmt: skip
+        "15 3 * * *",
+        "Europe/Berlin",
+        "cart_sync_job",
+    )
     assert product.default_status == cart.default_status == dg.DefaultScheduleStatus.RUNNING
     for name in ("product_sync_schedule", "cart_sync_schedule"):
         assert off.resolve_schedule_def(name).default_status == dg.DefaultScheduleStatus.STOPPED

@@ -19,8 +19,8 @@ import pytest
 
 from etl_defs import defs
 from local.stack import DAGSTER_DB
-from tests.session import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
 from tests.factories import DROP, product_doc
+from tests.session import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 
@@ -54,7 +54,9 @@ def _run_everything(dbs: Databases, instance: dg.DagsterInstance) -> list[dg.Exe
         ("full_sync_job", {"prune_orphans": True}),
         ("validation_job", None),
     ]:
-        result = defs.resolve_job_def(job).execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(job).execute_in_process(
+            run_config=config, instance=instance, raise_on_error=False
+        )
         assert result.success, job
         results.append(result)
     return results
@@ -100,8 +102,11 @@ def test_the_cli_prints_no_secret_on_success_or_failure(dbs: Databases, tmp_path
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home),
-           "DAGSTER_PG_URL": dbs.stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2")}  # fmt: skip
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": dbs.stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
+    }
     dbs.product_db.products.insert_many([product_doc(), product_doc(price="oops")])
     command = [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", "full_sync_job"]
 

@@ -219,8 +219,9 @@ def test_each_sync_job_requests_the_checks_of_the_tables_it_wrote(dbs: Databases
         (cart.run_id, set(CART_CHECK_KEYS))
     ]
     assert {(r.tags[VALIDATES_RUN_TAG], frozenset(r.asset_check_keys)) for r in after_full.run_requests} == {
-        (full.run_id, frozenset(PRODUCT_CHECK_KEYS)), (full.run_id, frozenset(CART_CHECK_KEYS))
-    }  # fmt: skip
+        (full.run_id, frozenset(PRODUCT_CHECK_KEYS)),
+        (full.run_id, frozenset(CART_CHECK_KEYS)),
+    }
     assert len(after_full.run_requests) == 2
     assert {key for r in after_full.run_requests for key in r.asset_check_keys} == set(VALIDATION_CHECK_KEYS)
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from local.browser import DagsterUI, browser_missing
-from tests.factories import expected_row, product_doc
 from local.dagster_dev import DagsterDev
+from tests.factories import expected_row, product_doc
 from tests.session import Databases
 
 

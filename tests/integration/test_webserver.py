@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.factories import expected_row, product_doc
 from local.dagster_dev import DagsterDev
+from tests.factories import expected_row, product_doc
 from tests.integration.helpers import dagster_job_execute, run_id_of
 from tests.session import Databases
 

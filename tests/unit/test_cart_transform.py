@@ -71,8 +71,14 @@ def test_a_plain_tuple_from_the_database_driver_is_accepted() -> None:
     ("overrides", "reason"),
     [
         (
-            {"product_found": False, "product_title": None, "product_price": None, "product_image": None,
-             "seller_id": None, "product_quantity": None},
+            {
+                "product_found": False,
+                "product_title": None,
+                "product_price": None,
+                "product_image": None,
+                "seller_id": None,
+                "product_quantity": None,
+            },
             "product '65a000000000000000000001' is not in the Cart DB's product table, so its price is unknown",
         ),
         ({"cart_quantity": 0}, "cart quantity 0 is not positive"),
@@ -83,7 +89,7 @@ def test_a_plain_tuple_from_the_database_driver_is_accepted() -> None:
             f"total {2**62} * 4 = {2**64} does not fit a 64-bit integer",
         ),
     ],
-)  # fmt: skip
+)
 def test_a_cart_that_cannot_be_represented_is_rejected_with_its_reason(overrides: dict, reason: str) -> None:
     assert transform_cart(joined(**overrides)) == Rejection(CART_ID, reason)
 

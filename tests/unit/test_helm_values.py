@@ -159,16 +159,12 @@ def test_helm_merge_follows_helm_rules() -> None:
     assert defaults == {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": "x"}
 
 
-def test_chart_defaults_are_valid(
-    validator: Draft202012Validator, chart_defaults: dict[str, Any]
-) -> None:
+def test_chart_defaults_are_valid(validator: Draft202012Validator, chart_defaults: dict[str, Any]) -> None:
     """The offline setup accepts the chart's own defaults (a check of the harness itself)."""
     assert _error_lines(validator, chart_defaults) == []
 
 
-def test_merged_values_match_chart_schema(
-    validator: Draft202012Validator, values: dict[str, Any]
-) -> None:
+def test_merged_values_match_chart_schema(validator: Draft202012Validator, values: dict[str, Any]) -> None:
     """helm-values.yaml merged over the chart defaults passes the chart's schema."""
     assert _error_lines(validator, values) == []
 
@@ -289,9 +285,7 @@ def _drop_user_deployment_port(v: dict[str, Any]) -> None:
     ],
     ids=lambda f: f.__name__.lstrip("_"),
 )
-def test_validator_catches_mistakes(
-    validator: Draft202012Validator, values: dict[str, Any], break_values: Any
-) -> None:
+def test_validator_catches_mistakes(validator: Draft202012Validator, values: dict[str, Any], break_values: Any) -> None:
     """A broken copy of the merged values fails, so the positive test cannot pass vacuously."""
     broken = copy.deepcopy(values)
     break_values(broken)

@@ -32,8 +32,9 @@ def _compare(source: Item, target: Item) -> Change:
     return Change.NEWER_IN_TARGET if target.value > source.value + 100 else Change.CHANGED
 
 
-SPEC = SyncSpec(name="test", transform=_transform, source_key=lambda i: i.key, target_key=lambda i: i.key,
-                compare=_compare)  # fmt: skip
+SPEC = SyncSpec(
+    name="test", transform=_transform, source_key=lambda i: i.key, target_key=lambda i: i.key, compare=_compare
+)
 
 
 def _classes(plans: list[BatchPlan]) -> dict[Change, list[str]]:

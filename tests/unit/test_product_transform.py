@@ -28,9 +28,7 @@ def test_a_missing_or_empty_quantity_becomes_zero(quantity: object) -> None:
     assert isinstance(row, ProductRow) and row.quantity == 0
 
 
-@pytest.mark.parametrize(
-    ("price", "expected"), [(150.0, 150), (Decimal128("2500"), 2500), (2**31 - 1, 2**31 - 1)]
-)
+@pytest.mark.parametrize(("price", "expected"), [(150.0, 150), (Decimal128("2500"), 2500), (2**31 - 1, 2**31 - 1)])
 def test_whole_number_prices_of_any_numeric_type_are_accepted(price: object, expected: int) -> None:
     row = transform_product(product_doc(price=price))
 
@@ -84,7 +82,11 @@ def test_malformed_documents_are_rejected_with_their_reason(overrides: dict, rea
 def test_an_id_that_is_not_an_object_id_is_rejected_outside_the_ordered_merge(bad_id: object) -> None:
     result = transform_product(product_doc(_id=bad_id))
 
-    assert result == Rejection(key=repr(bad_id), reason=f"_id must be an ObjectId, got {type(bad_id).__name__ if bad_id is not None else 'null'}", ordered=False)
+    assert result == Rejection(
+        key=repr(bad_id),
+        reason=f"_id must be an ObjectId, got {type(bad_id).__name__ if bad_id is not None else 'null'}",
+        ordered=False,
+    )
 
 
 def test_unknown_fields_and_unicode_are_carried_as_the_contract_says() -> None:

@@ -52,10 +52,22 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
         ("HEALTH_CHECK_CRON_SCHEDULE", "* * *", "HEALTH_CHECK_CRON_SCHEDULE='* * *' is not a five-field cron"),
         ("TIMEZONE", "Mars/Olympus", "TIMEZONE='Mars/Olympus' is not a known IANA timezone"),
         ("ENABLE_SCHEDULER", "maybe", "ENABLE_SCHEDULER='maybe' Input should be a valid boolean"),
-        ("PRODUCT_SERVICE_MONGODB_URL", "http://x:27017/p", "PRODUCT_SERVICE_MONGODB_URL='http://x:27017/p' is not a MongoDB URL"),
-        ("ORDER_SERVICE_MONGODB_URL", "mongodb://host:27017", "ORDER_SERVICE_MONGODB_URL='mongodb://host:27017' names no database"),
+        (
+            "PRODUCT_SERVICE_MONGODB_URL",
+            "http://x:27017/p",
+            "PRODUCT_SERVICE_MONGODB_URL='http://x:27017/p' is not a MongoDB URL",
+        ),
+        (
+            "ORDER_SERVICE_MONGODB_URL",
+            "mongodb://host:27017",
+            "ORDER_SERVICE_MONGODB_URL='mongodb://host:27017' names no database",
+        ),
         ("CART_DB_URL", "mysql://u:topsecret@h/db", "CART_DB_URL='mysql://u:***@h/db' is not a PostgreSQL URL"),
-        ("CART_DB_WRITE_URL", "postgresql://u:topsecret@h:port/db", "CART_DB_WRITE_URL='postgresql://u:***@h:port/db' is not a PostgreSQL URL (bad port)"),
+        (
+            "CART_DB_WRITE_URL",
+            "postgresql://u:topsecret@h:port/db",
+            "CART_DB_WRITE_URL='postgresql://u:***@h:port/db' is not a PostgreSQL URL (bad port)",
+        ),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(name: str, value: str, message: str) -> None:
@@ -98,8 +110,12 @@ def test_mask_secrets_hides_url_passwords_only() -> None:
 
 
 def test_importing_etl_defs_with_a_bad_value_fails_naming_it_and_hiding_the_password() -> None:
-    env = {**GOOD, "PATH": "/usr/bin:/bin", "SYNC_BATCH_SIZE": "abc",
-           "CART_DB_URL": "ftp://cart:hunter2-secret@pg.internal/cart"}  # fmt: skip
+    env = {
+        **GOOD,
+        "PATH": "/usr/bin:/bin",
+        "SYNC_BATCH_SIZE": "abc",
+        "CART_DB_URL": "ftp://cart:hunter2-secret@pg.internal/cart",
+    }
 
     result = subprocess.run(
         [sys.executable, "-c", "import etl_defs"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
