@@ -1,50 +1,25 @@
-"""Asset checks: validation of both syncs (the old `/validate` endpoint) and database reachability.
+"""Asset checks: drift validation of both syncs (the old `/validate` endpoint) and reachability.
 
-Validation runs the shared sync core as a dry run (`run_sync(dry_run=True)`: nothing is
-ever written, the endpoints' `write` is never called) and turns its classes into check results
-on the sync's target asset:
-
-- `cart_db/product`: `no_missing_products`, `no_stale_products`, `no_orphaned_products`;
-- `order_db/carts`: `no_missing_carts`, `no_outdated_carts`, `no_orphaned_carts`.
-
-One plan serves the three checks of a pipeline (a `multi_asset_check`), so each table is
-read once. Memory is one batch of each side plus counts and at most five sample keys per
-class, whatever the table sizes.
-
-Severity: missing and stale (changed or outdated) are ERROR, orphans are WARN (a product
-or cart deleted at the source may still be referenced, and the syncs deliberately leave
-orphans alone unless asked to prune).
-
-The checks are not blocking (`blocking=False`, set explicitly). They run in their own run
-(`validation_job`, on demand or requested by `validate_after_sync_sensor` after a real
-sync), never inside a sync run, so there is nothing downstream for a blocking check to
-stop; and a failed check means "the databases have drifted", which is a finding to show
-in red, not a failure of the job that looked: the validation run itself succeeds and
-`dagster job execute -j validation_job` exits 0 when it could look, non-zero only when it
-could not (a database down).
-
-`<asset>/reachable` checks say whether each table's database answers a ping. The health
-sensor (`etl_defs.sensors`) records their results on its cadence; they can also be run
-on demand from the UI.
+The drift checks run the sync core dry, so validation cannot drift from the sync; why they
+are not blocking and how severities are chosen: docs/automation.md.
 """
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from etl_defs.assets import CART_DB_CART, CART_DB_PRODUCT, ORDER_DB_CARTS, PRODUCT_DB_PRODUCTS
+from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints
 from etl_defs.carts.ops import CART_SYNC
+from etl_defs.health import DATABASE_OF_ASSET, REACHABLE, health_of_tables, ping_all
+from etl_defs.ops import retried_while_unavailable
 from etl_defs.products.endpoints import ProductSyncEndpoints
 from etl_defs.products.ops import PRODUCT_SYNC
 from etl_defs.settings import SyncSettings
 from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, run_sync
-from etl_defs.sync_op import retried_while_unavailable
-from resources import DatabaseUnavailableError, MongoResource, PostgresResource
+from resources import MongoResource, PostgresResource
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
@@ -60,6 +35,8 @@ class DriftCheck:
     severity: dg.AssetCheckSeverity
     what: str  # "<n> <what>", e.g. "products in the Product MongoDB but not in the Cart DB"
     description: str
+    #: Also report `newer_in_target` (targets ahead of the source, which the sync leaves alone).
+    reports_newer_in_target: bool = False
 
     @property
     def key(self) -> dg.AssetCheckKey:
@@ -118,6 +95,7 @@ CART_CHECKS = (
         "Every Order `carts` document has the Cart DB's version, and at that version the current product "
         "title, price, image, seller and quantity (so `total` is right at checkout). Documents newer than "
         "the Cart DB are counted as `newer_in_target`, not here.",
+        reports_newer_in_target=True,
     ),
     DriftCheck(
         "no_orphaned_carts",
@@ -154,7 +132,7 @@ def drift_result(check: DriftCheck, report: SyncReport) -> dg.AssetCheckResult:
     if Change.MISSING in check.classes:
         metadata["rejected_source_records"] = report.counts[Change.REJECTED]
         metadata["rejected_sample_keys"] = dg.MetadataValue.json(report.samples[Change.REJECTED])
-    if Change.OUTDATED in check.classes and check.asset == ORDER_DB_CARTS:
+    if check.reports_newer_in_target:
         metadata["newer_in_target"] = report.counts[Change.NEWER_IN_TARGET]
     passed = count == 0
     description = f"{count} {check.what}"
@@ -232,69 +210,6 @@ def build_cart_checks(settings: SyncSettings) -> dg.AssetChecksDefinition:
     return validate_carts
 
 
-# ----- reachability -----
-
-#: Which database (resource key) holds each table.
-DATABASE_OF_ASSET = {
-    PRODUCT_DB_PRODUCTS: "product_db",
-    CART_DB_PRODUCT: "cart_db",
-    CART_DB_CART: "cart_db",
-    ORDER_DB_CARTS: "order_db",
-}
-REACHABLE = "reachable"
-REACHABILITY_CHECK_KEYS = [dg.AssetCheckKey(asset, REACHABLE) for asset in DATABASE_OF_ASSET]
-
-
-@dataclass(frozen=True)
-class Health:
-    """One database's answer to a ping."""
-
-    database: str  # the resource key: product_db, cart_db, order_db
-    where: str  # label and address, no secrets
-    reachable: bool
-    latency_ms: float | None
-    error: str | None = None
-
-    def metadata(self) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"database": self.where, "reachable": int(self.reachable)}
-        if self.latency_ms is not None:
-            metadata["latency_ms"] = self.latency_ms
-        if self.error is not None:
-            metadata["error"] = self.error
-        return metadata
-
-    @property
-    def summary(self) -> str:
-        if self.reachable:
-            return f"{self.where} answered in {self.latency_ms:.1f} ms"
-        return f"{self.where} is down: {self.error}"
-
-
-def ping(name: str, database: MongoResource | PostgresResource) -> Health:
-    """Ping one database; never raises for a database that is down."""
-    try:
-        seconds = database.ping()
-    except DatabaseUnavailableError as error:
-        return Health(name, database.where, reachable=False, latency_ms=None, error=str(error))
-    except Exception as error:  # noqa: BLE001 - a health probe reports every failure, it never raises
-        return Health(name, database.where, False, None, f"{type(error).__name__}: {str(error)[:300]}")
-    return Health(name, database.where, reachable=True, latency_ms=round(seconds * 1000, 2))
-
-
-def ping_all(databases: dict[str, MongoResource | PostgresResource]) -> dict[str, Health]:
-    """Ping every database at once, so one that hangs until its timeout does not delay the others."""
-    with ThreadPoolExecutor(max_workers=len(databases)) as pool:
-        futures = {name: pool.submit(ping, name, db) for name, db in databases.items()}
-        return {name: future.result() for name, future in futures.items()}
-
-
-def reachability_results(health: dict[str, Health]) -> Iterator[tuple[dg.AssetKey, Health]]:
-    """Each table with the health of the database that holds it."""
-    for asset, database in DATABASE_OF_ASSET.items():
-        if database in health:
-            yield asset, health[database]
-
-
 def build_reachability_checks() -> dg.AssetChecksDefinition:
     """`reachable` on each of the four tables: does its database answer a ping (on demand from the UI)."""
 
@@ -322,17 +237,10 @@ def build_reachability_checks() -> dg.AssetChecksDefinition:
         wanted = {DATABASE_OF_ASSET[key.asset_key] for key in selected}
         available = {"product_db": product_db, "cart_db": cart_db, "order_db": order_db}
         health = ping_all({name: available[name] for name in wanted})
-        for asset, result in reachability_results(health):
+        for asset, result in health_of_tables(health):
             if dg.AssetCheckKey(asset, REACHABLE) in selected:
                 context.log.info(result.summary)
-                yield dg.AssetCheckResult(
-                    asset_key=asset,
-                    check_name=REACHABLE,
-                    passed=result.reachable,
-                    severity=ERROR,
-                    metadata=result.metadata(),
-                    description=result.summary,
-                )
+                yield result.check_result(asset)
 
     return databases_reachable
 
@@ -342,13 +250,12 @@ def build_asset_checks(settings: SyncSettings) -> list[dg.AssetChecksDefinition]
     return [build_product_checks(settings), build_cart_checks(settings), build_reachability_checks()]
 
 
-def build_validation_job() -> UnresolvedAssetJobDefinition:
-    """`validation_job`: only the six validation checks (no sync, no reachability pings)."""
-    return dg.define_asset_job(
-        "validation_job",
-        selection=dg.AssetSelection.checks(*VALIDATION_CHECK_KEYS),
-        description=(
-            "Validate both syncs read-only: missing, stale and orphaned products on cart_db/product; missing, "
-            "outdated and orphaned carts on order_db/carts. Failed checks show red; the run itself succeeds."
-        ),
-    )
+#: Only the six validation checks (no sync, no reachability pings).
+validation_job = dg.define_asset_job(
+    "validation_job",
+    selection=dg.AssetSelection.checks(*VALIDATION_CHECK_KEYS),
+    description=(
+        "Validate both syncs read-only: missing, stale and orphaned products on cart_db/product; missing, "
+        "outdated and orphaned carts on order_db/carts. Failed checks show red; the run itself succeeds."
+    ),
+)

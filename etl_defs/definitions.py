@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from etl_defs.assets import DATABASE_ASSETS
-from etl_defs.checks import build_asset_checks, build_validation_job
+from etl_defs.checks import build_asset_checks, validation_job
 from etl_defs.jobs import build_cart_sync_job, build_full_sync_job, build_product_sync_job
 from etl_defs.schedules import build_schedules
 from etl_defs.sensors import build_sensors
@@ -15,13 +13,12 @@ from etl_defs.settings import SyncSettings, load_settings
 from resources import MongoResource, PostgresResource
 
 
-def _optional_env(name: str) -> dg.EnvVar | None:
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
 def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource]:
     """The three databases, with URLs and secrets bound by variable name, never by value."""
-    mongo_credentials = {"username": _optional_env("MONGO_USER"), "password": _optional_env("MONGO_PASSWORD")}
+    mongo_credentials = {
+        "username": dg.EnvVar("MONGO_USER") if settings.mongo_user else None,
+        "password": dg.EnvVar("MONGO_PASSWORD") if settings.mongo_password else None,
+    }
     return {
         "product_db": MongoResource(
             url=dg.EnvVar("PRODUCT_SERVICE_MONGODB_URL"), label="Product MongoDB", **mongo_credentials
@@ -34,17 +31,17 @@ def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource
 def build_definitions(settings: SyncSettings) -> dg.Definitions:
     """The code location's definitions for validated `settings`."""
     sync_jobs = [build_product_sync_job(settings), build_cart_sync_job(settings), build_full_sync_job(settings)]
-    product_sync_job, cart_sync_job, _ = sync_jobs
-    validation_job = build_validation_job()
     return dg.Definitions(
         assets=DATABASE_ASSETS,
         asset_checks=build_asset_checks(settings),
         jobs=[*sync_jobs, validation_job],
-        schedules=build_schedules(settings, product_sync_job, cart_sync_job),
-        sensors=build_sensors(settings, validation_job),
+        schedules=build_schedules(settings, *sync_jobs),
+        sensors=build_sensors(settings),
         resources=build_resources(settings),
     )
 
 
-settings = load_settings()
-defs = build_definitions(settings)
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location, built when Dagster loads it: a bad environment fails here, naming the variable."""
+    return build_definitions(load_settings())

@@ -7,41 +7,11 @@ from typing import Any
 import dagster as dg
 from pydantic import ValidationError
 
-from etl_defs.carts.ops import CartSyncOpConfig, check_cart_sync_ready, sync_carts
+from etl_defs.carts.ops import check_cart_sync_ready, sync_carts
 from etl_defs.products.ops import check_product_sync_ready, sync_products
+from etl_defs.run_config import CartSyncOpConfig, SyncOpConfig, allowed, launchpad_schema
 from etl_defs.settings import SyncSettings
-from etl_defs.sync_op import SyncOpConfig
-
-PIPELINE_TAG = "etl-sync/pipeline"
-
-
-def _allowed(config_class: type[SyncOpConfig], name: str) -> str:
-    """The range a numeric field allows, from its pydantic bounds: ' (allowed: 1 to 100000)'."""
-    bounds = {}
-    for constraint in config_class.model_fields[name].metadata:
-        for kind in ("ge", "le"):
-            if getattr(constraint, kind, None) is not None:
-                bounds[kind] = getattr(constraint, kind)
-    if set(bounds) == {"ge", "le"}:
-        return f" (allowed: {bounds['ge']} to {bounds['le']})"
-    return ""
-
-
-def _sync_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
-    # The Launchpad shows each description above its field: the ranges come from the op config's bounds.
-    return {
-        "dry_run": dg.Field(bool, default_value=False, description="Plan and report, write nothing"),
-        "batch_size": dg.Field(
-            int,
-            default_value=default_batch_size,
-            description="Keys per batch and transaction" + _allowed(SyncOpConfig, "batch_size"),
-        ),
-        "batch_pause_ms": dg.Field(
-            int,
-            default_value=0,
-            description="Pause after each written batch (ms)" + _allowed(SyncOpConfig, "batch_pause_ms"),
-        ),
-    }
+from etl_defs.tags import PIPELINE_TAG
 
 
 class InvalidRunConfigError(dg.DagsterError):
@@ -53,38 +23,24 @@ class InvalidRunConfigError(dg.DagsterError):
     """
 
 
-def _op_config(config: dict[str, Any], config_class: type[SyncOpConfig] = SyncOpConfig) -> dict[str, Any]:
+def _op_config(config: dict[str, Any], model: type[SyncOpConfig] = SyncOpConfig) -> dict[str, Any]:
     """Validated op config; a bad value is refused here, before the run starts."""
-    fields = {name: config[name] for name in config_class.model_fields if name in config}
+    fields = {name: config[name] for name in model.model_fields if name in config}
     try:
-        validated = config_class(**fields)
+        validated = model(**fields)
     except ValidationError as error:
         problems = []
         for problem in error.errors():
             name = str(problem["loc"][0])
-            problems.append(f"{name}={fields.get(name)!r}: {problem['msg']}{_allowed(config_class, name)}")
+            problems.append(f"{name}={fields.get(name)!r}: {problem['msg']}{allowed(model, name)}")
         raise InvalidRunConfigError(f"invalid run config: {'; '.join(problems)}") from None
     return {"config": validated.model_dump()}
-
-
-def _cart_config_schema(default_batch_size: int) -> dict[str, dg.Field]:
-    return {
-        **_sync_config_schema(default_batch_size),
-        "user_id": dg.Field(dg.Noneable(str), default_value=None, description="Only this user's carts, on both sides"),
-        "prune_orphans": dg.Field(
-            bool, default_value=False, description="Delete Order DB carts that are no longer in the Cart DB"
-        ),
-    }
-
-
-def _cart_op_config(config: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    return _op_config({**config, "batch_size": batch_size}, CartSyncOpConfig)
 
 
 def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
     """`product_sync_job`: check both databases, then sync products into the Cart DB."""
 
-    @dg.config_mapping(config_schema=_sync_config_schema(settings.sync_batch_size))
+    @dg.config_mapping(config_schema=launchpad_schema(SyncOpConfig, batch_size=settings.sync_batch_size))
     def product_sync_config(config: dict[str, Any]) -> dict[str, Any]:
         return {"ops": {"sync_products": _op_config(config)}}
 
@@ -103,9 +59,9 @@ def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 def build_cart_sync_job(settings: SyncSettings) -> dg.JobDefinition:
     """`cart_sync_job`: check both databases, then sync carts into the Order DB."""
 
-    @dg.config_mapping(config_schema=_cart_config_schema(settings.cart_sync_batch_size))
+    @dg.config_mapping(config_schema=launchpad_schema(CartSyncOpConfig, batch_size=settings.cart_sync_batch_size))
     def cart_sync_config(config: dict[str, Any]) -> dict[str, Any]:
-        return {"ops": {"sync_carts": _cart_op_config(config, config["batch_size"])}}
+        return {"ops": {"sync_carts": _op_config(config, CartSyncOpConfig)}}
 
     @dg.job(
         config=cart_sync_config,
@@ -124,12 +80,12 @@ def build_cart_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
 def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
     """`full_sync_job`: the product sync, then the cart sync, so a price change reaches the carts in one run."""
-    schema = _cart_config_schema(settings.cart_sync_batch_size)
+    schema = launchpad_schema(CartSyncOpConfig)
     schema["batch_size"] = dg.Field(
         int,
         is_required=False,
         description=(
-            f"Keys per batch for both syncs{_allowed(SyncOpConfig, 'batch_size')}; default: "
+            f"Keys per batch for both syncs{allowed(SyncOpConfig, 'batch_size')}; default: "
             f"SYNC_BATCH_SIZE={settings.sync_batch_size} for products, CART_SYNC_BATCH_SIZE="
             f"{settings.cart_sync_batch_size} for carts"
         ),
@@ -139,8 +95,8 @@ def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
     def full_sync_config(config: dict[str, Any]) -> dict[str, Any]:
         override = config.get("batch_size")  # None: each sync keeps its own default; 0 is refused, not a default
         products = {**config, "batch_size": settings.sync_batch_size if override is None else override}
-        carts_batch_size = settings.cart_sync_batch_size if override is None else override
-        return {"ops": {"sync_products": _op_config(products), "sync_carts": _cart_op_config(config, carts_batch_size)}}
+        carts = {**config, "batch_size": settings.cart_sync_batch_size if override is None else override}
+        return {"ops": {"sync_products": _op_config(products), "sync_carts": _op_config(carts, CartSyncOpConfig)}}
 
     @dg.job(
         config=full_sync_config,

@@ -1,32 +1,7 @@
 """Sensors: database health (the old health cron and `/health` routes) and validation after each sync.
 
-`databases_health_sensor` pings the Product MongoDB, the Cart PostgreSQL and the Order
-MongoDB on HEALTH_CHECK_CRON_SCHEDULE and records, on each of the four table assets,
-- an `AssetObservation` with `reachable` (1/0) and `latency_ms` (plotted by the UI), and
-- a result of the asset's `reachable` check: red while its database is down, green again
-  once it answers.
-It never raises for a database that is down and never requests a run, so it cannot
-start a sync against a database that is down (the sync schedules ping before they start
-a run, too).
-
-Why a sensor on a cron-aligned cadence rather than a schedule or a fixed interval: a
-schedule can only request runs, while the health check must record observations and check
-results without starting a run, which only a sensor can (`SensorResult(asset_events=...)`).
-A `minimum_interval_seconds` derived from the cron would drift from the cron's wall-clock
-times, ignore TIMEZONE and get irregular crons wrong (`0 9 * * 1-5`). So the sensor is
-evaluated every 30 s and pings only when a new HEALTH_CHECK_CRON_SCHEDULE slot (in
-TIMEZONE) has passed since the one in its cursor; the other ticks are skipped with the time
-of the next check. Its first evaluation pings at once, so a fresh deployment shows the
-databases' state without waiting for the first slot.
-
-`validate_after_sync_sensor` requests `validation_job` after every real sync, however it
-was launched (UI, schedule, `dagster job execute`): it follows the materializations of the
-sync targets, `cart_db/product` and `order_db/carts`, which every real sync records and no
-dry run does. A new materialization of a table requests that table's checks (a full sync
-materializes both: two validation runs). Several syncs of one table since the last tick
-are validated once, after the newest (so is each table's newest on the sensor's first
-tick, when syncs ran while no daemon did). A run status sensor would not do: runs started with
-`dagster job execute` carry no code-location origin, so it never sees them.
+Why a cron-aligned sensor for health, and materializations rather than run status for
+validation: docs/automation.md.
 """
 
 import json
@@ -35,10 +10,11 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 from croniter import croniter
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from etl_defs.checks import CART_CHECKS, PRODUCT_CHECKS, REACHABLE, Health, ping_all, reachability_results
+from etl_defs.checks import CART_CHECKS, PRODUCT_CHECKS, validation_job
+from etl_defs.health import Health, health_of_tables, ping_all
 from etl_defs.settings import SyncSettings
+from etl_defs.tags import VALIDATES_JOB_TAG, VALIDATES_RUN_TAG
 from resources import MongoResource, PostgresResource
 
 #: How often the daemon evaluates the health sensor; pings happen only on cron slots.
@@ -49,8 +25,6 @@ VALIDATE_SENSOR_TICK_S = 30
 
 #: The validation checks of each sync target, requested after each of its materializations.
 CHECKS_OF_TARGET = {checks[0].asset: [check.key for check in checks] for checks in (PRODUCT_CHECKS, CART_CHECKS)}
-VALIDATES_RUN_TAG = "etl-sync/validates-run"
-VALIDATES_JOB_TAG = "etl-sync/validates-job"
 
 
 def health_check_due(cron: str, timezone: str, cursor: str | None, now: datetime) -> tuple[bool, datetime, datetime]:
@@ -69,18 +43,9 @@ def health_check_due(cron: str, timezone: str, cursor: str | None, now: datetime
 def health_events(health: dict[str, Health]) -> list[dg.AssetObservation | dg.AssetCheckEvaluation]:
     """An observation and a `reachable` check result on each table, from its database's ping."""
     events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
-    for asset, result in reachability_results(health):
+    for asset, result in health_of_tables(health):
         events.append(dg.AssetObservation(asset_key=asset, metadata=result.metadata(), description=result.summary))
-        events.append(
-            dg.AssetCheckEvaluation(
-                asset_key=asset,
-                check_name=REACHABLE,
-                passed=result.reachable,
-                severity=dg.AssetCheckSeverity.ERROR,
-                metadata=result.metadata(),
-                description=result.summary,
-            )
-        )
+        events.append(result.check_result(asset, dg.AssetCheckEvaluation))
     return events
 
 
@@ -91,7 +56,7 @@ def build_databases_health_sensor(settings: SyncSettings) -> dg.SensorDefinition
     @dg.sensor(
         name="databases_health_sensor",
         minimum_interval_seconds=HEALTH_SENSOR_TICK_S,
-        default_status=dg.DefaultSensorStatus.RUNNING if settings.enable_scheduler else dg.DefaultSensorStatus.STOPPED,
+        default_status=settings.default_status(dg.DefaultSensorStatus),
         description=(
             f"Ping the Product MongoDB, the Cart PostgreSQL and the Order MongoDB at '{cron}' ({timezone}), "
             "HEALTH_CHECK_CRON_SCHEDULE; record reachability and latency on the table assets. Never starts a run."
@@ -136,7 +101,7 @@ def _validated_up_to(cursor: str | None) -> dict[str, int]:
     return {key: value for key, value in saved.items() if isinstance(value, int)} if isinstance(saved, dict) else {}
 
 
-def build_validate_after_sync_sensor(validation_job: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+def build_validate_after_sync_sensor() -> dg.SensorDefinition:
     """`validate_after_sync_sensor`: request a table's checks after each new materialization of it."""
 
     @dg.sensor(
@@ -183,6 +148,6 @@ def build_validate_after_sync_sensor(validation_job: UnresolvedAssetJobDefinitio
     return validate_after_sync_sensor
 
 
-def build_sensors(settings: SyncSettings, validation_job: UnresolvedAssetJobDefinition) -> list[dg.SensorDefinition]:
+def build_sensors(settings: SyncSettings) -> list[dg.SensorDefinition]:
     """The health sensor and the validation-after-sync sensor."""
-    return [build_databases_health_sensor(settings), build_validate_after_sync_sensor(validation_job)]
+    return [build_databases_health_sensor(settings), build_validate_after_sync_sensor()]

@@ -1,4 +1,4 @@
-"""The service's environment variables, validated once when `etl_defs` loads.
+"""The service's environment variables, validated once when the code location loads.
 
 Names are the old Node service's, so an existing deployment's environment works as is.
 A bad value raises `SettingsError` naming the variable and the (masked) value before any
@@ -11,6 +11,8 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from enum import Enum
+from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,6 +20,8 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 log = logging.getLogger(__name__)
+
+Status = TypeVar("Status", bound=Enum)
 
 DEFAULT_BATCH_SIZE = 1000
 MAX_BATCH_SIZE = 100_000
@@ -102,6 +106,10 @@ class SyncSettings(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("is not a known IANA timezone (e.g. UTC, Europe/Berlin)") from None
         return value
+
+    def default_status(self, kind: type[Status]) -> Status:
+        """RUNNING when ENABLE_SCHEDULER is true, else STOPPED, as `kind` (a schedule's or a sensor's status)."""
+        return kind["RUNNING" if self.enable_scheduler else "STOPPED"]
 
     @property
     def order_url_env(self) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import psycopg
 
 from local.demo_data import seed_carts, seed_products
+from local.report import drift_report
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, StackError, listening, stack_from_env
 
@@ -114,10 +114,6 @@ def main(argv: list[str] | None = None) -> int:
                 for name, state in stack.status().items():
                     print(f"{name}: {state}")
             case "report":
-                for name, value in stack.env().items():  # etl_defs validates the environment on import
-                    os.environ.setdefault(name, value)
-                from local.report import drift_report
-
                 print(drift_report(stack))
     except StackError as error:
         print(f"error: {error}", file=sys.stderr)

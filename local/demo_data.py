@@ -11,6 +11,12 @@ import psycopg
 from bson import ObjectId
 from pymongo.database import Database
 
+from etl_defs.carts.endpoints import CART_COLUMN_TYPES
+from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, SELECT_PRODUCTS_SQL, ProductRow
+from resources.postgres import copy_rows
+
+CART_COLUMNS = tuple(CART_COLUMN_TYPES)
+
 #: Malformed product documents the sync must reject, each with the reason it should give.
 MALFORMED_PRODUCTS: list[tuple[str, dict]] = [
     ("title is missing", {"price": 1500, "image": "/img/x.png", "quantity": 3}),
@@ -83,12 +89,12 @@ def seed_products(
         if i % 10 == 5:
             stale_ids.add(str(doc["_id"]))
             price, title = (price + 50, title) if i % 20 == 5 else (price, title + " (old title)")
-        rows.append((str(doc["_id"]), title, price, doc["image"], str(doc["sellerId"]), doc.get("quantity") or 0))
+        rows.append(
+            ProductRow(str(doc["_id"]), title, price, doc["image"], str(doc["sellerId"]), doc.get("quantity") or 0)
+        )
     with cart_conn.transaction():
         cart_conn.execute("TRUNCATE cart, product")
-        with cart_conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy:
-            for row in rows:
-                copy.write_row(row)
+        copy_rows(cart_conn, PRODUCT_TABLE, PRODUCT_COLUMNS, rows)
     return DemoCounts(
         products=products, missing_in_cart_db=missing, malformed=len(malformed), stale_ids=frozenset(stale_ids)
     )
@@ -161,9 +167,7 @@ def seed_carts(
     sync changes their product, so the cart sync then finds them changed too.
     """
     rng = random.Random(seed)
-    products = cart_conn.execute(
-        'SELECT id, title, price, image, "sellerId", quantity FROM product ORDER BY id'
-    ).fetchall()
+    products = cart_conn.execute(f"{SELECT_PRODUCTS_SQL} ORDER BY id").fetchall()
     cart_conn.rollback()
     if not products:
         raise ValueError("the Cart DB has no products: seed the products first")
@@ -206,17 +210,12 @@ def seed_carts(
     counts.unsyncable = 1 + len(no_product)
     counts.demo_user_carts += 1 + len(no_product)
     counts.carts += 1 + len(no_product)
-    copy_sql = 'COPY cart (id, quantity, "userId", version, "productId") FROM STDIN'
     with cart_conn.transaction():
         cart_conn.execute("TRUNCATE cart")
-        with cart_conn.cursor().copy(copy_sql) as copy:
-            for row in [*rows, zero_quantity]:
-                copy.write_row(row)
+        copy_rows(cart_conn, "cart", CART_COLUMNS, [*rows, zero_quantity])
         # A cart whose product row is gone: only possible with the foreign key bypassed.
         cart_conn.execute("SET LOCAL session_replication_role = replica")
-        with cart_conn.cursor().copy(copy_sql) as copy:
-            for row in no_product:
-                copy.write_row(row)
+        copy_rows(cart_conn, "cart", CART_COLUMNS, no_product)
     order_db["carts"].delete_many({})
     order_db["carts"].insert_many(docs)
     return counts

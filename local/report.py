@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import psycopg
 
-from etl_defs.products.transform import ProductRow, transform_product
+from etl_defs.products.table import SELECT_PRODUCTS_SQL, ProductRow
+from etl_defs.products.transform import transform_product
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 
 
@@ -92,7 +93,7 @@ def drift_report(stack: LocalStack) -> str:
     finally:
         client.close()
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
-        rows = conn.execute('SELECT id, title, price, image, "sellerId", quantity FROM product').fetchall()
+        rows = conn.execute(SELECT_PRODUCTS_SQL).fetchall()
         cart_rows = conn.execute(CART_JOIN_SQL).fetchall()
     figures = {**product_drift(docs, rows), **cart_drift(cart_rows, carts)}
     return "\n".join(f"  {name:<22} {value}" for name, value in figures.items())

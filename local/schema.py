@@ -6,15 +6,10 @@ import psycopg
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-CART_SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS product (
-    id varchar PRIMARY KEY,
-    title varchar NOT NULL,
-    price integer NOT NULL,
-    image varchar NOT NULL,
-    "sellerId" varchar NOT NULL,
-    quantity integer NOT NULL
-);
+from etl_defs.products.table import product_table_ddl
+
+CART_SCHEMA_SQL = f"""
+{product_table_ddl()};
 CREATE TABLE IF NOT EXISTS cart (
     id uuid PRIMARY KEY,
     quantity integer NOT NULL DEFAULT 1,

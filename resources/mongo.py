@@ -48,7 +48,7 @@ class MongoResource(dg.ConfigurableResource):
     _client: MongoClient | None = PrivateAttr(default=None)
 
     @property
-    def where(self) -> str:
+    def display_name(self) -> str:
         """What to call this database in messages: label and address, no secrets."""
         return f"{self.label} ({describe_mongo_url(self.url)})"
 
@@ -124,17 +124,17 @@ class MongoResource(dg.ConfigurableResource):
             yield
         except MONGO_CONNECTION_ERRORS as error:
             raise DatabaseUnavailableError(
-                f"{self.where} is unavailable: {type(error).__name__}: {_first_line(error)}"
+                f"{self.display_name} is unavailable: {type(error).__name__}: {_first_line(error)}"
             ) from None
         except CursorNotFound as error:
             # The server lost an open cursor: it restarted or failed over mid-read (or timed it out).
             raise DatabaseUnavailableError(
-                f"{self.where} is unavailable: it lost the open cursor (restarted or failed over): "
+                f"{self.display_name} is unavailable: it lost the open cursor (restarted or failed over): "
                 f"{type(error).__name__}: {_first_line(error)}"
             ) from None
         except PyMongoError as error:
             if getattr(error, "timeout", False):
-                raise DatabaseUnavailableError(f"{self.where} timed out: {_first_line(error)}") from None
+                raise DatabaseUnavailableError(f"{self.display_name} timed out: {_first_line(error)}") from None
             raise
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -52,6 +52,17 @@ def column_type_problems(conn: psycopg.Connection, table: str, expected: dict[st
     return problems
 
 
+def copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """COPY `rows` (tuples in `columns` order) into `table`, in the connection's transaction; how many."""
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    count = 0
+    with conn.cursor().copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
 def _lock_key(name: str) -> int:
     value = zlib.crc32(name.encode())
     return value - (1 << 32) if value >= (1 << 31) else value
@@ -73,7 +84,7 @@ class PostgresResource(dg.ConfigurableResource):
     _engine: Engine | None = PrivateAttr(default=None)
 
     @property
-    def where(self) -> str:
+    def display_name(self) -> str:
         """What to call this database in messages: label and address, no secrets."""
         return f"{self.label} ({describe_postgres_url(self.url)})"
 
@@ -107,7 +118,7 @@ class PostgresResource(dg.ConfigurableResource):
         except (psycopg.OperationalError, sa.exc.OperationalError, sa.exc.InterfaceError) as error:
             original = getattr(error, "orig", None) or error
             reason = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
-            raise DatabaseUnavailableError(f"{self.where} is unavailable: {reason[:300]}") from None
+            raise DatabaseUnavailableError(f"{self.display_name} is unavailable: {reason[:300]}") from None
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -170,7 +181,7 @@ class PostgresResource(dg.ConfigurableResource):
             if not row or not row[0]:
                 conn.autocommit = False
                 raise SyncAlreadyRunningError(
-                    f"another run holds the '{name}' sync lock on {self.where}; "
+                    f"another run holds the '{name}' sync lock on {self.display_name}; "
                     "wait for it to finish (this run made no changes)"
                 )
 
@@ -180,7 +191,7 @@ class PostgresResource(dg.ConfigurableResource):
                 except psycopg.OperationalError as error:
                     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                     raise DatabaseUnavailableError(
-                        f"{self.where} is unavailable: the session holding the '{name}' sync lock ended "
+                        f"{self.display_name} is unavailable: the session holding the '{name}' sync lock ended "
                         f"({reason[:200]}), so the lock is gone"
                     ) from None
 

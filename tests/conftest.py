@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -26,6 +27,15 @@ def stack() -> Iterator[LocalStack]:
     yield STACK
     STACK.down()
     shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+@pytest.fixture()
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A throwaway Dagster instance with the run queue `dagster.yaml` configures (no daemon dequeues;
+    `execute_in_process` bypasses the queue, as `dagster job execute` does)."""
+    coordinator = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+    with dg.instance_for_test(overrides={"run_coordinator": coordinator}) as instance:
+        yield instance
 
 
 @pytest.fixture()

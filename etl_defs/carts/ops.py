@@ -3,13 +3,13 @@
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints, cart_schema_problems, order_index_problems
 from etl_defs.carts.transform import cart_doc_key, cart_key, compare_carts, transform_cart
+from etl_defs.ops import check_sync_ready, run_sync_op
+from etl_defs.run_config import CartSyncOpConfig
 from etl_defs.sync import SyncSpec
-from etl_defs.sync_op import SyncOpConfig, check_sync_ready, run_sync_op
 from resources import MongoResource, PostgresResource
 
 CART_SYNC = SyncSpec(
@@ -19,17 +19,6 @@ CART_SYNC = SyncSpec(
     target_key=cart_doc_key,
     compare=compare_carts,
 )
-
-
-class CartSyncOpConfig(SyncOpConfig):
-    """Run config of the cart sync op."""
-
-    user_id: str | None = Field(
-        default=None, min_length=1, description="Only this user's carts, on both sides (default: every cart)"
-    )
-    prune_orphans: bool = Field(
-        default=False, description="Delete Order DB carts that are no longer in the Cart DB (default: only count them)"
-    )
 
 
 @dg.op(description="Check that the Cart PostgreSQL and the Order MongoDB answer, and their tables and indexes fit.")
@@ -42,7 +31,7 @@ def check_cart_sync_ready(context: dg.OpExecutionContext, cart_db: PostgresResou
         context,
         pipeline="cart",
         databases=[cart_db, order_db],
-        target=f"{cart_db.where} -> {order_db.where}",
+        target=f"{cart_db.display_name} -> {order_db.display_name}",
         find_problems=problems,
     )
 

@@ -7,31 +7,27 @@ from typing import Any
 
 import psycopg
 
-from etl_defs.products.transform import PRODUCT_PROJECTION, ProductRow
+from etl_defs.products.table import (
+    PRODUCT_COLUMN_LIST,
+    PRODUCT_COLUMN_TYPES,
+    PRODUCT_COLUMNS,
+    PRODUCT_TABLE,
+    SELECT_PRODUCTS_SQL,
+    ProductRow,
+    product_table_ddl,
+)
+from etl_defs.products.transform import PRODUCT_PROJECTION
 from etl_defs.sync.plan import BatchPlan, Rejection
 from etl_defs.sync.runner import WriteResult
 from resources import MongoResource, PostgresResource
-from resources.postgres import column_type_problems
+from resources.postgres import column_type_problems, copy_rows
 
-PRODUCT_COLUMNS = ("id", "title", "price", "image", "sellerId", "quantity")
-EXPECTED_PRODUCT_TYPES = {
-    "id": "character varying",
-    "title": "character varying",
-    "price": "integer",
-    "image": "character varying",
-    "sellerId": "character varying",
-    "quantity": "integer",
-}
-
-_COLS = ", ".join(f'"{c}"' for c in PRODUCT_COLUMNS)
-SCAN_SQL = f'SELECT {_COLS} FROM product ORDER BY id COLLATE "C"'
-STAGE_SQL = (
-    "CREATE TEMP TABLE IF NOT EXISTS product_sync_stage (id varchar, title varchar, price integer, "
-    'image varchar, "sellerId" varchar, quantity integer) ON COMMIT DELETE ROWS'
-)
+SCAN_SQL = f'{SELECT_PRODUCTS_SQL} ORDER BY id COLLATE "C"'
+STAGE = "product_sync_stage"
+STAGE_SQL = product_table_ddl(STAGE, staging=True)
 _UPDATABLE = [c for c in PRODUCT_COLUMNS if c != "id"]
 UPSERT_SQL = (
-    f"INSERT INTO product AS p ({_COLS}) SELECT {_COLS} FROM product_sync_stage "
+    f"INSERT INTO {PRODUCT_TABLE} AS p ({PRODUCT_COLUMN_LIST}) SELECT {PRODUCT_COLUMN_LIST} FROM {STAGE} "
     "ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _UPDATABLE)
     + " WHERE ("
@@ -44,7 +40,7 @@ UPSERT_SQL = (
 
 def product_schema_problems(conn: psycopg.Connection) -> list[str]:
     """What is wrong with the Cart DB's `product` table for this sync (empty when fine)."""
-    return column_type_problems(conn, "product", EXPECTED_PRODUCT_TYPES)
+    return column_type_problems(conn, PRODUCT_TABLE, PRODUCT_COLUMN_TYPES)
 
 
 class ProductSyncEndpoints:
@@ -90,9 +86,7 @@ class ProductSyncEndpoints:
         try:
             with conn.transaction():
                 conn.execute(STAGE_SQL)
-                with conn.cursor().copy(f"COPY product_sync_stage ({_COLS}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                copy_rows(conn, STAGE, PRODUCT_COLUMNS, rows)
                 flags = conn.execute(UPSERT_SQL).fetchall()
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             if len(rows) == 1:

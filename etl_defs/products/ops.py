@@ -5,10 +5,11 @@ from typing import Any
 import dagster as dg
 
 from etl_defs.assets import CART_DB_PRODUCT
+from etl_defs.ops import check_sync_ready, run_sync_op
 from etl_defs.products.endpoints import ProductSyncEndpoints, product_schema_problems
 from etl_defs.products.transform import compare_products, product_key, transform_product
+from etl_defs.run_config import SyncOpConfig
 from etl_defs.sync import SyncSpec
-from etl_defs.sync_op import SyncOpConfig, check_sync_ready, run_sync_op
 from resources import MongoResource, PostgresResource
 
 PRODUCT_SYNC = SyncSpec(
@@ -29,7 +30,11 @@ def check_product_sync_ready(
             return product_schema_problems(conn)
 
     check_sync_ready(
-        context, pipeline="product", databases=[product_db, cart_db], target=cart_db.where, find_problems=problems
+        context,
+        pipeline="product",
+        databases=[product_db, cart_db],
+        target=cart_db.display_name,
+        find_problems=problems,
     )
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 from bson import Decimal128, ObjectId
 
+from etl_defs.products.table import ProductRow
 from etl_defs.sync.plan import Change, Rejection
 
 PG_INT_MIN = -(2**31)
@@ -17,17 +18,6 @@ MIN_PRICE = 100  # the Product service's contract: price >= 100
 
 #: Fields read from the Product MongoDB (the rest of the document is not needed).
 PRODUCT_PROJECTION = {"title": 1, "price": 1, "image": 1, "sellerId": 1, "quantity": 1}
-
-
-class ProductRow(NamedTuple):
-    """A row of the Cart DB's `product` table, in column order."""
-
-    id: str
-    title: str
-    price: int
-    image: str
-    sellerId: str  # noqa: N815 - the Cart service's column name
-    quantity: int
 
 
 class _Invalid(ValueError):

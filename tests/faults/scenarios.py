@@ -18,7 +18,7 @@ from bson import ObjectId
 from tests.factories import expected_row, product_doc
 
 if TYPE_CHECKING:
-    from tests.faults.conftest import FaultStack
+    from tests.faults.helpers import FaultStack
 
 PRODUCT_COLUMNS = 'id, title, price, image, "sellerId", quantity'
 

@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from tests.faults.conftest import (
+from tests.faults.helpers import (
     FaultStack,
     JobInThread,
     StartJob,

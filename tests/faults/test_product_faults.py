@@ -13,8 +13,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from etl_defs import sync_op
-from tests.faults.conftest import (
+from etl_defs import ops
+from tests.faults.helpers import (
     FaultStack,
     JobInThread,
     StartJob,
@@ -62,7 +62,7 @@ def test_postgres_stopped_mid_write(faults: FaultStack, start_job: StartJob, sho
     message = step_failure_message(result, "sync_products")
     assert_names_the_database(message, f"Cart PostgreSQL (127.0.0.1:{faults.main.state.pg_port}/cart) is unavailable")
     assert "gave up after 3 retries" in message
-    assert retries(result, "sync_products") == sync_op.MAX_CONNECTION_RETRIES
+    assert retries(result, "sync_products") == ops.MAX_CONNECTION_RETRIES
     faults.ensure_up()
     assert scenario.assert_stopped_part_way(3) == committed  # the batch in flight was rolled back
 

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster_graphql.client.client_queries import TERMINATE_RUN_JOB_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from tests.faults.conftest import FaultStack, sync_sessions, wait_until, write_held_mid_statement
+from tests.faults.helpers import FaultStack, sync_sessions, wait_until, write_held_mid_statement
 from tests.faults.scenarios import ProductScenario
+from tests.helpers import EmptyWorkspaceTarget, WorkspaceProcessContext, defs
 from tests.session import REPO
 
 pytestmark = pytest.mark.faults
@@ -102,8 +101,6 @@ def start_slow_sync(faults: FaultStack, terminal: Terminal) -> tuple[ProductScen
 
 
 def assert_one_rerun_converges(scenario: ProductScenario, instance: dg.DagsterInstance) -> None:
-    from etl_defs import defs
-
     rerun = defs.resolve_job_def("product_sync_job").execute_in_process(
         run_config={"batch_size": BATCH}, instance=instance, raise_on_error=False
     )

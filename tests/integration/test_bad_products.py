@@ -4,18 +4,16 @@ reason (or accepted as the contract says), and their batch neighbours land."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import dagster as dg
-import pytest
 from bson import Decimal128, Int64, ObjectId
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl_defs import defs
 from etl_defs.products.transform import PG_INT_MAX, PG_INT_MIN, ProductRow, transform_product
 from etl_defs.sync import Rejection
 from tests.factories import DROP, expected_row, product_doc
+from tests.helpers import defs
 from tests.session import Databases
 
 DUPLICATE_ID = ObjectId()
@@ -49,12 +47,6 @@ PRODUCT_CORPUS: list[tuple[str, dict, str | None]] = [
     ("integral float price", {"price": 250.0}, None),
     ("quantity null means 0", {"quantity": None}, None),
 ]
-
-
-@pytest.fixture()
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def test_every_malformed_document_is_rejected_with_its_reason_and_neighbours_land(

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 from bson import CodecOptions, ObjectId
 from pymongo.collection import Collection
 
-from etl_defs import defs
 from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints
 from etl_defs.carts.ops import CART_SYNC
@@ -28,6 +26,7 @@ from local.demo_data import DEMO_USER, seed_carts, seed_products
 from local.report import CART_JOIN_SQL, cart_drift
 from local.stack import CART_DB, ORDER_DB
 from resources import MongoResource, PostgresResource
+from tests.helpers import defs
 from tests.session import Databases
 
 _numbers = itertools.count(1)
@@ -155,12 +154,6 @@ def full_dump(dbs: Databases) -> tuple[list, list, list]:
         carts = conn.execute("SELECT * FROM cart ORDER BY id").fetchall()
         products = conn.execute("SELECT * FROM product ORDER BY id").fetchall()
     return carts, products, list(order_carts(dbs).find().sort("cartId", 1))
-
-
-@pytest.fixture()
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def run_job(instance: dg.DagsterInstance, job_name: str, **config: Any) -> dg.ExecuteInProcessResult:
@@ -464,9 +457,9 @@ def test_a_guarded_update_applies_when_the_target_is_still_older(dbs: Databases)
 RUN_IN_ITS_OWN_PROCESS = """
 import json, sys
 import dagster as dg
-from etl_defs import defs
+import etl_defs
 
-job = defs.resolve_job_def("cart_sync_job")
+job = etl_defs.defs().resolve_job_def("cart_sync_job")  # the environment is the test's
 result = job.execute_in_process(
     run_config=json.loads(sys.argv[1]), instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
 )

@@ -1,7 +1,6 @@
 """The validation checks (the old `/validate`) on real servers: validation_job in process and from the terminal."""
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,22 +8,16 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from etl_defs import defs, settings
 from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
 from tests.factories import expected_row, product_doc
+from tests.helpers import defs, settings
 from tests.integration.helpers import dagster_job_execute
 from tests.session import Databases
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
-
-
-@pytest.fixture()
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def run_job(name: str, instance: dg.DagsterInstance, definitions: dg.Definitions = defs, **config: Any):

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import pytest
 from bson import ObjectId
 
-from etl_defs import defs
 from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.jobs import InvalidRunConfigError
 from tests.factories import DROP, expected_row, product_doc
+from tests.helpers import defs
 from tests.session import Databases
-
-
-@pytest.fixture()
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def run_product_sync(instance: dg.DagsterInstance, **config: Any) -> dg.ExecuteInProcessResult:

@@ -3,26 +3,15 @@
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import dagster as dg
 import pytest
-from dagster._core.test_utils import in_process_test_workspace
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
-from etl_defs import defs, settings
 from etl_defs.definitions import build_definitions
 from local.dagster_dev import DAGSTER
 from tests.factories import product_doc
+from tests.helpers import LoadableTargetOrigin, defs, in_process_test_workspace, settings
 from tests.session import REPO, Databases
-
-
-@pytest.fixture()
-def instance() -> Iterator[dg.DagsterInstance]:
-    """A real instance with the queued run coordinator, as dagster.yaml configures it (no daemon dequeues)."""
-    coordinator = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
-    with dg.instance_for_test(overrides={"run_coordinator": coordinator}) as instance:
-        yield instance
 
 
 def tick(name: str, instance: dg.DagsterInstance, definitions: dg.Definitions = defs) -> dg.RunRequest | dg.SkipReason:

@@ -10,16 +10,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import dagster as dg
 import pytest
 
-from etl_defs import defs
 from local.stack import DAGSTER_DB
 from tests.factories import DROP, product_doc
+from tests.helpers import defs
 from tests.session import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -34,12 +33,6 @@ def test_the_suite_really_runs_with_the_secrets() -> None:
     assert os.environ["MONGO_PASSWORD"] == MONGO_TEST_PASSWORD
     assert PG_TEST_PASSWORD in os.environ["CART_DB_URL"]
     assert secrets_in(f"x{MONGO_TEST_PASSWORD}y") == [MONGO_TEST_PASSWORD]  # the scanner finds what it should
-
-
-@pytest.fixture()
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def _run_everything(dbs: Databases, instance: dg.DagsterInstance) -> list[dg.ExecuteInProcessResult]:

@@ -5,30 +5,24 @@ stored the way the sensor daemon stores them (`instance.report_runless_asset_eve
 the tests read back what the UI shows: the latest `reachable` check execution per table.
 """
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from etl_defs import defs, settings
 from etl_defs.assets import CART_DB_CART, CART_DB_PRODUCT, ORDER_DB_CARTS, PRODUCT_DB_PRODUCTS
-from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, REACHABILITY_CHECK_KEYS, VALIDATION_CHECK_KEYS
+from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
+from etl_defs.health import REACHABILITY_CHECK_KEYS
 from etl_defs.sensors import VALIDATES_RUN_TAG, health_check_due
 from tests.factories import product_doc
+from tests.helpers import defs, settings
 from tests.integration.helpers import dagster_job_execute, run_id_of
 from tests.session import Databases
 
 ALL_TABLES = {PRODUCT_DB_PRODUCTS, CART_DB_PRODUCT, CART_DB_CART, ORDER_DB_CARTS}
 MONGO_TABLES = {PRODUCT_DB_PRODUCTS, ORDER_DB_CARTS}
-
-
-@pytest.fixture()
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def evaluate_health(instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:

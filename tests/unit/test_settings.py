@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from etl_defs.settings import SettingsError, load_settings, mask_secrets
+from local.dagster_dev import DAGSTER
 from tests.session import REPO
 
 GOOD = {
@@ -109,19 +110,40 @@ def test_mask_secrets_hides_url_passwords_only() -> None:
     assert mask_secrets("mongodb://h:27017/db") == "mongodb://h:27017/db"
 
 
-def test_importing_etl_defs_with_a_bad_value_fails_naming_it_and_hiding_the_password() -> None:
+def test_loading_the_code_location_with_a_bad_value_fails_naming_it_and_hiding_the_password(tmp_path) -> None:
     env = {
         **GOOD,
         "PATH": "/usr/bin:/bin",
+        "DAGSTER_HOME": str(tmp_path),
         "SYNC_BATCH_SIZE": "abc",
         "CART_DB_URL": "ftp://cart:hunter2-secret@pg.internal/cart",
     }
+    command = [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", "product_sync_job"]
 
-    result = subprocess.run(
-        [sys.executable, "-c", "import etl_defs"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
 
     assert result.returncode != 0
+    assert "SettingsError: Invalid environment for the sync service" in result.stderr
     assert "SYNC_BATCH_SIZE='abc'" in result.stderr
     assert "CART_DB_URL='ftp://cart:***@pg.internal/cart' is not a PostgreSQL URL" in result.stderr
     assert "hunter2-secret" not in result.stderr + result.stdout
+    assert not list(tmp_path.glob("storage/*")), "nothing ran, so nothing was stored"
+
+
+def test_every_module_imports_with_an_empty_environment() -> None:
+    """Importing reads no environment: only loading the code location does (`etl_defs.defs()`)."""
+    script = (
+        "import importlib, pkgutil\n"
+        "for package in ('etl_defs', 'resources', 'local'):\n"
+        "    for module in pkgutil.walk_packages(importlib.import_module(package).__path__, package + '.'):\n"
+        "        importlib.import_module(module.name)\n"
+        "import etl_defs.sync\n"
+        "print(type(etl_defs.defs).__name__)\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={}, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "LazyDefinitions"

@@ -1,4 +1,4 @@
-"""Dagster glue shared by both sync ops: config, lock, retries, figures as metadata."""
+"""Dagster glue shared by both sync ops: preflight, advisory lock, retries, termination, figures as metadata."""
 
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -6,9 +6,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
-from etl_defs.settings import MAX_BATCH_SIZE
+from etl_defs.run_config import SyncOpConfig
 from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, SyncStopped, run_sync
 from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
@@ -18,14 +17,6 @@ RETRY_BASE_DELAY_S = 2.0
 #: How often, at most, a sync asks the instance whether its run is being terminated.
 TERMINATION_POLL_S = 1.0
 _TERMINATING = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
-
-
-class SyncOpConfig(dg.Config):
-    """Run config every sync op takes."""
-
-    dry_run: bool = Field(default=False, description="Plan and report, write nothing")
-    batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH_SIZE, description="Keys per batch and transaction")
-    batch_pause_ms: int = Field(default=0, ge=0, le=60_000, description="Pause after each written batch")
 
 
 def report_metadata(report: SyncReport) -> dict[str, Any]:
@@ -73,7 +64,7 @@ def check_sync_ready(
     without retries, when `find_problems` reports a schema or index the sync cannot work with."""
     with retried_while_unavailable(context):
         for database in databases:
-            context.log.info(f"{database.where} answered in {database.ping() * 1000:.1f} ms")
+            context.log.info(f"{database.display_name} answered in {database.ping() * 1000:.1f} ms")
         problems = find_problems()
     if problems:
         raise dg.Failure(
@@ -96,17 +87,28 @@ def run_sync_op(
     when one bypasses the run queue. A database that is unreachable is retried with
     backoff; bad data is never retried (it is rejected record by record instead).
     """
+    fault_note = (
+        "batches written before the fault stay written; run the sync again once the database is back to repair the rest"
+    )
+
+    def sync(lock_still_held: Callable[[], None] | None = None) -> SyncReport:
+        return run_sync(
+            spec,
+            endpoints,
+            batch_size=config.batch_size,
+            dry_run=config.dry_run,
+            log=context.log,
+            batch_pause_s=config.batch_pause_ms / 1000,
+            stop_requested=make_stop_check(context, lock_still_held),
+        )
+
     try:
-        with retried_while_unavailable(
-            context,
-            after_failure="batches written before the fault stay written; "
-            "run the sync again once the database is back to repair the rest",
-        ):
+        with retried_while_unavailable(context, after_failure=fault_note):
             if config.dry_run:
-                report = _run(context, config, spec, endpoints)
+                report = sync()
             else:
                 with lock_db.advisory_lock(spec.name) as lock_still_held:
-                    report = _run(context, config, spec, endpoints, lock_still_held)
+                    report = sync(lock_still_held)
     except SyncStopped as stopped:
         # Dagster's own way to end a terminated step: the run ends CANCELED, not FAILED.
         context.log.warning(str(stopped))
@@ -117,7 +119,7 @@ def run_sync_op(
     return dg.Output(report.figures(), metadata=metadata)
 
 
-def before_each_batch(
+def make_stop_check(
     context: dg.OpExecutionContext, lock_still_held: Callable[[], None] | None = None
 ) -> Callable[[], str | None]:
     """The check the sync runs before each batch: is this run being terminated (the UI's Terminate)?
@@ -148,21 +150,3 @@ def before_each_batch(
         return None
 
     return requested
-
-
-def _run(
-    context: dg.OpExecutionContext,
-    config: SyncOpConfig,
-    spec: SyncSpec,
-    endpoints: SyncEndpoints,
-    lock_still_held: Callable[[], None] | None = None,
-) -> SyncReport:
-    return run_sync(
-        spec,
-        endpoints,
-        batch_size=config.batch_size,
-        dry_run=config.dry_run,
-        log=context.log,
-        batch_pause_s=config.batch_pause_ms / 1000,
-        stop_requested=before_each_batch(context, lock_still_held),
-    )

@@ -1,0 +1,9 @@
+"""The run tags the service sets and reads, in one place."""
+
+#: `products`, `carts` or `full`: dagster.yaml's run queue lets one run per value through.
+PIPELINE_TAG = "etl-sync/pipeline"
+#: What started a run, when it was not a person (`schedule`).
+TRIGGER_TAG = "etl-sync/trigger"
+#: On a validation run: the sync run and job whose writes it validates.
+VALIDATES_RUN_TAG = "etl-sync/validates-run"
+VALIDATES_JOB_TAG = "etl-sync/validates-job"
