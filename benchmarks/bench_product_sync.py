@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -27,8 +28,11 @@ from bson import ObjectId
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, SELECT_PRODUCTS_SQL  # noqa: E402
+from local.dagster_dev import DAGSTER  # noqa: E402
 from local.schema import create_cart_schema  # noqa: E402
 from local.stack import CART_DB, DAGSTER_DB, PRODUCT_DB, LocalStack, free_port  # noqa: E402
+from resources.postgres import copy_rows  # noqa: E402
 
 
 def seed(stack: LocalStack, products: int) -> dict[str, tuple]:
@@ -41,8 +45,10 @@ def seed(stack: LocalStack, products: int) -> dict[str, tuple]:
         create_cart_schema(conn)
         conn.execute("TRUNCATE cart, product")
         conn.commit()
-        chunk: list[dict] = []
-        with conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy:
+
+        def cart_db_rows() -> Iterator[tuple]:
+            """The drifted Cart DB rows, inserting the documents as it goes."""
+            chunk: list[dict] = []
             for i in range(products):
                 doc = {
                     "_id": ObjectId(),
@@ -61,13 +67,15 @@ def seed(stack: LocalStack, products: int) -> dict[str, tuple]:
                 row = (str(doc["_id"]), doc["title"], doc["price"], doc["image"], str(doc["sellerId"]), doc["quantity"])
                 expected[row[0]] = row
                 if i % 10 != 0:  # 10% missing in PostgreSQL
-                    copy.write_row(row if i % 20 != 1 else (*row[:2], row[2] + 1, *row[3:]))  # 5% stale
+                    yield row if i % 20 != 1 else (*row[:2], row[2] + 1, *row[3:])  # 5% stale
                 chunk.append(doc)
                 if len(chunk) == 10_000:
                     collection.insert_many(chunk, ordered=False)
                     chunk = []
-        if chunk:
-            collection.insert_many(chunk, ordered=False)
+            if chunk:
+                collection.insert_many(chunk, ordered=False)
+
+        copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, cart_db_rows())
         conn.commit()
     client.close()
     return expected
@@ -110,12 +118,11 @@ def main() -> int:
         }
         config = state / "run_config.yaml"
         config.write_text(f"batch_size: {args.batch_size}\n")
-        dagster = str(Path(sys.executable).parent / "dagster")
         started = time.perf_counter()
         log = state / "job.log"
         with log.open("w") as out:
             job = subprocess.Popen(
-                [dagster, "job", "execute", "-m", "etl_defs", "-j", "product_sync_job", "-c", str(config)],
+                [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", "product_sync_job", "-c", str(config)],
                 env=env,
                 cwd=REPO,
                 stdout=out,
@@ -133,10 +140,7 @@ def main() -> int:
         summary = next(line for line in output.splitlines() if "products sync applied" in line)
 
         with psycopg.connect(stack.pg_url(CART_DB)) as conn:
-            actual = {
-                row[0]: tuple(row)
-                for row in conn.execute('SELECT id, title, price, image, "sellerId", quantity FROM product')
-            }
+            actual = {row[0]: tuple(row) for row in conn.execute(SELECT_PRODUCTS_SQL)}
         correct = actual == expected
         result = {
             "products": args.products,

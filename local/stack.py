@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -133,7 +133,6 @@ class StackState:
     mongo_pid: int | None = None
     pg_pid: int | None = None
     pg_dir: str | None = None  # the folder holding pgdata/ and pglog/ (the state folder unless root needs another)
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class LocalStack:
@@ -168,7 +167,9 @@ class LocalStack:
     def _load(self) -> StackState | None:
         if not self._state_file.exists():
             return None
-        return StackState(**json.loads(self._state_file.read_text()))
+        saved = json.loads(self._state_file.read_text())
+        # Fields this version no longer has (a state folder of an older checkout) are dropped.
+        return StackState(**{name: value for name, value in saved.items() if name in StackState.__dataclass_fields__})
 
     def _save(self) -> None:
         self._state_file.write_text(json.dumps(asdict(self.state), indent=2))

@@ -9,3 +9,9 @@ class DatabaseUnavailableError(RuntimeError):
 
 class SyncAlreadyRunningError(RuntimeError):
     """Another run holds this pipeline's advisory lock."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of `error`'s message (drivers append pages of detail), or its type's name when empty."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

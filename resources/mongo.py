@@ -15,7 +15,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, ConnectionFailure, CursorNotFound, PyMongoError, ServerSelectionTimeoutError
 
-from resources.errors import DatabaseUnavailableError
+from resources.errors import DatabaseUnavailableError, first_line
 
 #: pymongo errors that mean "the server is not there", worth a retry.
 MONGO_CONNECTION_ERRORS = (ConnectionFailure, AutoReconnect, ServerSelectionTimeoutError)
@@ -124,17 +124,17 @@ class MongoResource(dg.ConfigurableResource):
             yield
         except MONGO_CONNECTION_ERRORS as error:
             raise DatabaseUnavailableError(
-                f"{self.display_name} is unavailable: {type(error).__name__}: {_first_line(error)}"
+                f"{self.display_name} is unavailable: {type(error).__name__}: {_first_clause(error)}"
             ) from None
         except CursorNotFound as error:
             # The server lost an open cursor: it restarted or failed over mid-read (or timed it out).
             raise DatabaseUnavailableError(
                 f"{self.display_name} is unavailable: it lost the open cursor (restarted or failed over): "
-                f"{type(error).__name__}: {_first_line(error)}"
+                f"{type(error).__name__}: {_first_clause(error)}"
             ) from None
         except PyMongoError as error:
             if getattr(error, "timeout", False):
-                raise DatabaseUnavailableError(f"{self.display_name} timed out: {_first_line(error)}") from None
+                raise DatabaseUnavailableError(f"{self.display_name} timed out: {_first_clause(error)}") from None
             raise
 
     def close(self) -> None:
@@ -147,7 +147,6 @@ class MongoResource(dg.ConfigurableResource):
         self.close()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
+def _first_clause(error: BaseException) -> str:
     # pymongo appends a topology description or the server's full reply; the first clause says what happened.
-    return text.split(", Timeout:")[0].split(", full error:")[0][:300]
+    return first_line(error).split(", Timeout:")[0].split(", full error:")[0] if str(error).strip() else ""

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine, make_url
 
-from resources.errors import DatabaseUnavailableError, SyncAlreadyRunningError
+from resources.errors import DatabaseUnavailableError, SyncAlreadyRunningError, first_line
 
 #: First half of every advisory lock key this service takes (ASCII "ETLS").
 ADVISORY_LOCK_NAMESPACE = 0x45544C53
@@ -117,8 +117,7 @@ class PostgresResource(dg.ConfigurableResource):
             yield
         except (psycopg.OperationalError, sa.exc.OperationalError, sa.exc.InterfaceError) as error:
             original = getattr(error, "orig", None) or error
-            reason = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
-            raise DatabaseUnavailableError(f"{self.display_name} is unavailable: {reason[:300]}") from None
+            raise DatabaseUnavailableError(f"{self.display_name} is unavailable: {first_line(original)}") from None
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -189,10 +188,9 @@ class PostgresResource(dg.ConfigurableResource):
                 try:
                     conn.execute("SELECT 1")
                 except psycopg.OperationalError as error:
-                    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                     raise DatabaseUnavailableError(
                         f"{self.display_name} is unavailable: the session holding the '{name}' sync lock ended "
-                        f"({reason[:200]}), so the lock is gone"
+                        f"({first_line(error, 200)}), so the lock is gone"
                     ) from None
 
             try:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import uuid
+from typing import Any, NamedTuple
 
 from bson import ObjectId
+
+from etl_defs.products.table import ProductRow
 
 _counter = itertools.count(1)
 
@@ -28,7 +31,7 @@ def product_doc(**overrides: Any) -> dict[str, Any]:
         "stockQuantity": 10,
     }
     doc.update(overrides)
-    return {k: v for k, v in doc.items() if v is not _DROP}
+    return {k: v for k, v in doc.items() if v is not DROP}
 
 
 class _Drop:
@@ -37,7 +40,7 @@ class _Drop:
 
 
 #: Pass as a field value to leave the field out of the document.
-_DROP = DROP = _Drop()
+DROP = _Drop()
 
 
 def expected_row(doc: dict[str, Any]) -> tuple:
@@ -50,3 +53,58 @@ def expected_row(doc: dict[str, Any]) -> tuple:
         str(doc["sellerId"]),
         int(doc.get("quantity") or 0),
     )
+
+
+def new_product(**overrides: Any) -> ProductRow:
+    """A valid Cart DB `product` row."""
+    n = next(_counter)
+    values = {
+        "id": str(ObjectId()),
+        "title": f"Product {n}",
+        "price": 100 + n * 10,
+        "image": f"/img/{n}.jpg",
+        "sellerId": str(ObjectId()),
+        "quantity": n % 7,
+    }
+    values.update(overrides)
+    return ProductRow(**values)
+
+
+class Cart(NamedTuple):
+    """A Cart DB `cart` row, in column order."""
+
+    id: str
+    quantity: int
+    userId: str  # noqa: N815 - the Cart service's column names
+    version: int
+    productId: str  # noqa: N815
+
+
+def new_cart(product: ProductRow | str, **overrides: Any) -> Cart:
+    """A valid `cart` row holding `product` (a row, or just its id)."""
+    values = {
+        "id": str(uuid.uuid4()),
+        "quantity": 2,
+        "userId": "user-1",
+        "version": 1,
+        "productId": product if isinstance(product, str) else product.id,
+    }
+    values.update(overrides)
+    return Cart(**values)
+
+
+def expected_doc(cart: Cart, product: ProductRow) -> dict[str, Any]:
+    """The Order document the contract says a cart becomes (written out by hand, not via transform)."""
+    return {
+        "cartId": cart.id,
+        "userId": cart.userId,
+        "productId": product.id,
+        "productTitle": product.title,
+        "productPrice": product.price,
+        "productImage": product.image,
+        "sellerId": product.sellerId,
+        "productQuantity": product.quantity,
+        "cartQuantity": cart.quantity,
+        "total": product.price * cart.quantity,
+        "version": cart.version,
+    }

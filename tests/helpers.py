@@ -20,8 +20,9 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 
 import etl_defs
-from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, SELECT_PRODUCTS_SQL
+from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE
 from etl_defs.settings import load_settings
+from local.demo_data import CART_COLUMNS
 from resources.postgres import copy_rows
 from tests.session import SERVICE_ENV  # noqa: F401 - sets the session's environment before the code location loads
 
@@ -29,10 +30,10 @@ __all__ = [
     "EmptyWorkspaceTarget",
     "LoadableTargetOrigin",
     "WorkspaceProcessContext",
+    "copy_carts",
     "copy_products",
     "defs",
     "in_process_test_workspace",
-    "product_rows",
     "settings",
 ]
 
@@ -46,6 +47,6 @@ def copy_products(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> in
     return copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, rows)
 
 
-def product_rows(conn: psycopg.Connection) -> dict[str, tuple]:
-    """Every `product` row, by id."""
-    return {row[0]: tuple(row) for row in conn.execute(SELECT_PRODUCTS_SQL)}
+def copy_carts(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> int:
+    """COPY `rows` (tuples in `cart` column order) into the Cart DB's `cart` table."""
+    return copy_rows(conn, "cart", CART_COLUMNS, rows)

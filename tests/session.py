@@ -3,9 +3,8 @@
 Kept out of conftest.py so that it is imported exactly once (as `tests.session`): pytest
 imports conftest.py under its own name, and a test module importing it again would run it
 twice, with other ports. The environment the service reads is set here, at import, before
-anything imports `etl_defs` (which validates it on import). Ports are free ports chosen
-now; the servers start on first use (conftest's `stack` fixture), so pure unit tests need
-no server.
+`tests.helpers` loads the code location in it. Ports are free ports chosen now; the servers
+start on first use (conftest's `stack` fixture), so pure unit tests need no server.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import psycopg
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from etl_defs.products.table import SELECT_PRODUCTS_SQL
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,5 +73,5 @@ class Databases:
 
     def product_rows(self) -> dict[str, tuple]:
         with self.cart_conn() as conn:
-            rows = conn.execute('SELECT id, title, price, image, "sellerId", quantity FROM product').fetchall()
+            rows = conn.execute(SELECT_PRODUCTS_SQL).fetchall()
         return {row[0]: tuple(row) for row in rows}

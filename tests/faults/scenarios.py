@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
+from etl_defs.products.table import SELECT_PRODUCTS_SQL
 from tests.factories import expected_row, product_doc
+from tests.helpers import copy_carts, copy_products
 
 if TYPE_CHECKING:
     from tests.faults.helpers import FaultStack
 
-PRODUCT_COLUMNS = 'id, title, price, image, "sellerId", quantity'
 
 #: Order `carts` fields the cart sync owns (all but `_id`, `createdAt`, `updatedAt`).
 CART_FIELDS = (
@@ -123,14 +124,12 @@ def product_drift(product_db: Any, cart_conn: Any, count: int) -> Drift:
         orphan = (str(ObjectId()), f"gone {n}", 500 + n, f"/img/gone-{n}.jpg", str(ObjectId()), n)
         before[orphan[0]] = expected[orphan[0]] = orphan  # counted, never deleted
         correct.add(orphan[0])
-    with cart_conn.cursor().copy(f"COPY product ({PRODUCT_COLUMNS}) FROM STDIN") as copy:
-        for row in before.values():
-            copy.write_row(row)
+    copy_products(cart_conn, before.values())
     return Drift(before=before, expected=expected, correct=correct)
 
 
 def product_rows(cart_conn: Any) -> dict[str, tuple]:
-    return {row[0]: tuple(row) for row in cart_conn.execute(f"SELECT {PRODUCT_COLUMNS} FROM product")}
+    return {row[0]: tuple(row) for row in cart_conn.execute(SELECT_PRODUCTS_SQL)}
 
 
 def duplicate_product_ids(cart_conn: Any) -> list[tuple]:
@@ -188,12 +187,8 @@ def cart_drift(cart_conn: Any, order_db: Any, carts: int, products: int) -> Drif
     cart_rows = [
         (str(uuid.uuid4()), 1 + n % 4, f"user-{n % 50}", 1 + n % 3, product_rows[n % products][0]) for n in range(carts)
     ]
-    with cart_conn.cursor().copy(f"COPY product ({PRODUCT_COLUMNS}) FROM STDIN") as copy:
-        for row in product_rows:
-            copy.write_row(row)
-    with cart_conn.cursor().copy('COPY cart (id, quantity, "userId", version, "productId") FROM STDIN') as copy:
-        for row in cart_rows:
-            copy.write_row(row)
+    copy_products(cart_conn, product_rows)
+    copy_carts(cart_conn, cart_rows)
     by_id = {row[0]: row for row in product_rows}
 
     def doc(cart: tuple) -> tuple:

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from dagster_graphql.client.client_queries import TERMINATE_RUN_JOB_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
+from local.dagster_dev import DAGSTER
 from tests.faults.helpers import FaultStack, sync_sessions, wait_until, write_held_mid_statement
 from tests.faults.scenarios import ProductScenario
 from tests.helpers import EmptyWorkspaceTarget, WorkspaceProcessContext, defs
@@ -30,7 +30,6 @@ from tests.session import REPO
 
 pytestmark = pytest.mark.faults
 
-DAGSTER = str(Path(sys.executable).parent / "dagster")
 PRODUCTS = 3000
 BATCH = 150
 SLOW = f"batch_size: {BATCH}\nbatch_pause_ms: 150\n"

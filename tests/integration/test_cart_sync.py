@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,15 +19,16 @@ from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints
 from etl_defs.carts.ops import CART_SYNC
 from etl_defs.jobs import InvalidRunConfigError
+from etl_defs.products.table import ProductRow
 from etl_defs.sync import plan_batches
 from local.demo_data import DEMO_USER, seed_carts, seed_products
 from local.report import CART_JOIN_SQL, cart_drift
 from local.stack import CART_DB, ORDER_DB
 from resources import MongoResource, PostgresResource
-from tests.helpers import defs
+from tests.factories import Cart, expected_doc, new_cart, new_product
+from tests.helpers import copy_carts, copy_products, defs
 from tests.session import Databases
 
-_numbers = itertools.count(1)
 SYNCED_FIELDS = (
     "cartId",
     "userId",
@@ -46,75 +45,9 @@ SYNCED_FIELDS = (
 LONG_AGO = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Product:
-    id: str
-    title: str
-    price: int
-    image: str
-    sellerId: str  # noqa: N815
-    quantity: int
-
-
-@dataclass(frozen=True)
-class Cart:
-    id: str
-    quantity: int
-    userId: str  # noqa: N815
-    version: int
-    productId: str  # noqa: N815
-
-
-def new_product(**overrides: Any) -> Product:
-    n = next(_numbers)
-    values = {
-        "id": str(ObjectId()),
-        "title": f"Product {n}",
-        "price": 100 + n * 10,
-        "image": f"/img/{n}.jpg",
-        "sellerId": str(ObjectId()),
-        "quantity": n % 7,
-    }
-    values.update(overrides)
-    return Product(**values)
-
-
-def new_cart(product: Product | str, **overrides: Any) -> Cart:
-    values = {
-        "id": str(uuid.uuid4()),
-        "quantity": 2,
-        "userId": "user-1",
-        "version": 1,
-        "productId": product if isinstance(product, str) else product.id,
-    }
-    values.update(overrides)
-    return Cart(**values)
-
-
-def expected_doc(cart: Cart, product: Product) -> dict[str, Any]:
-    """The Order document the contract says a cart becomes (written out by hand, not via transform)."""
-    return {
-        "cartId": cart.id,
-        "userId": cart.userId,
-        "productId": product.id,
-        "productTitle": product.title,
-        "productPrice": product.price,
-        "productImage": product.image,
-        "sellerId": product.sellerId,
-        "productQuantity": product.quantity,
-        "cartQuantity": cart.quantity,
-        "total": product.price * cart.quantity,
-        "version": cart.version,
-    }
-
-
-def insert_products(dbs: Databases, *products: Product) -> None:
-    with (
-        dbs.cart_conn() as conn,
-        conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy,
-    ):
-        for p in products:
-            copy.write_row((p.id, p.title, p.price, p.image, p.sellerId, p.quantity))
+def insert_products(dbs: Databases, *products: ProductRow) -> None:
+    with dbs.cart_conn() as conn:
+        copy_products(conn, products)
 
 
 def insert_carts(dbs: Databases, *carts: Cart, without_product_check: bool = False) -> None:
@@ -122,9 +55,7 @@ def insert_carts(dbs: Databases, *carts: Cart, without_product_check: bool = Fal
     with dbs.cart_conn() as conn:
         if without_product_check:
             conn.execute("SET session_replication_role = replica")
-        with conn.cursor().copy('COPY cart (id, quantity, "userId", version, "productId") FROM STDIN') as copy:
-            for c in carts:
-                copy.write_row((c.id, c.quantity, c.userId, c.version, c.productId))
+        copy_carts(conn, carts)
 
 
 def order_carts(dbs: Databases) -> Collection:
@@ -175,7 +106,7 @@ def materialized_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 class Drift:
     """One cart of every class, and the documents the Order DB should hold after a sync."""
 
-    products: dict[str, Product]
+    products: dict[str, ProductRow]
     missing: Cart
     outdated: Cart
     changed: Cart
@@ -574,7 +505,7 @@ def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
     dbs.product_db.products.insert_many(source_products)
     assert run_job(instance, "product_sync_job").success
     rows = dbs.product_rows()
-    products = {key: Product(*row) for key, row in rows.items()}
+    products = {key: ProductRow(*row) for key, row in rows.items()}
     carts = [new_cart(products[str(doc["_id"])], quantity=i + 1) for i, doc in enumerate(source_products)]
     insert_carts(dbs, *carts)
     assert run_job(instance, "cart_sync_job").success
@@ -586,7 +517,7 @@ def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
 
     assert result.success
     assert dbs.product_rows()[str(repriced["_id"])][2] == 4321
-    products[str(repriced["_id"])] = Product(*dbs.product_rows()[str(repriced["_id"])])
+    products[str(repriced["_id"])] = ProductRow(*dbs.product_rows()[str(repriced["_id"])])
     assert {k: synced(d) for k, d in order_docs(dbs).items()} == {
         c.id: expected_doc(c, products[c.productId]) for c in carts
     }

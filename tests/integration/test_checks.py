@@ -12,7 +12,7 @@ from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
 from tests.factories import expected_row, product_doc
-from tests.helpers import defs, settings
+from tests.helpers import copy_carts, copy_products, defs, settings
 from tests.integration.helpers import dagster_job_execute
 from tests.session import Databases
 
@@ -30,15 +30,6 @@ def results(run: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation
 
 def meta(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:
     return {key: value.value for key, value in evaluation.metadata.items()}
-
-
-def copy_products(dbs: Databases, rows: list[tuple]) -> None:
-    with (
-        dbs.cart_conn() as conn,
-        conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy,
-    ):
-        for row in rows:
-            copy.write_row(row)
 
 
 def plant_product_drift(dbs: Databases) -> dict[str, set[str]]:
@@ -60,7 +51,8 @@ def plant_product_drift(dbs: Databases) -> dict[str, set[str]]:
         orphan = (str(ObjectId()), "deleted at the source", 300, "/img/x.jpg", str(ObjectId()), 1)
         keys["orphaned"].add(orphan[0])
         rows.append(orphan)
-    copy_products(dbs, rows)
+    with dbs.cart_conn() as conn:
+        copy_products(conn, rows)
     return keys
 
 
@@ -110,7 +102,8 @@ def test_samples_stay_at_five_whatever_the_drift_and_batch_size(dbs: Databases, 
 def test_rejected_source_records_are_counted_apart_from_missing(dbs: Databases, instance) -> None:
     good, bad = product_doc(), product_doc(price=5)  # below the contract minimum
     dbs.product_db.products.insert_many([good, bad])
-    copy_products(dbs, [expected_row(good)])
+    with dbs.cart_conn() as conn:
+        copy_products(conn, [expected_row(good)])
 
     got = meta(results(run_job("validation_job", instance))["no_missing_products"])
 
@@ -122,14 +115,11 @@ def plant_cart_drift(dbs: Databases, instance: dg.DagsterInstance) -> dict[str, 
     """Synced carts, then drift in the Order DB: 3 missing, 2 outdated, 1 changed price, 2 orphans."""
     docs = [product_doc() for _ in range(3)]
     dbs.product_db.products.insert_many(docs)
-    copy_products(dbs, [expected_row(doc) for doc in docs])
+    with dbs.cart_conn() as conn:
+        copy_products(conn, [expected_row(doc) for doc in docs])
     carts = [(str(uuid.uuid4()), 1 + i % 3, f"user-{i % 4}", 1, str(docs[i % 3]["_id"])) for i in range(12)]
-    with (
-        dbs.cart_conn() as conn,
-        conn.cursor().copy('COPY cart (id, quantity, "userId", version, "productId") FROM STDIN') as copy,
-    ):
-        for cart in carts:
-            copy.write_row(cart)
+    with dbs.cart_conn() as conn:
+        copy_carts(conn, carts)
     assert run_job("cart_sync_job", instance).success
     ids = sorted(cart[0] for cart in carts)
     order = dbs.order_db.carts

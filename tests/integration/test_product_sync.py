@@ -12,7 +12,7 @@ from bson import ObjectId
 from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.jobs import InvalidRunConfigError
 from tests.factories import DROP, expected_row, product_doc
-from tests.helpers import defs
+from tests.helpers import copy_products, defs
 from tests.session import Databases
 
 
@@ -37,12 +37,8 @@ def plant_drift(dbs: Databases) -> tuple[list[dict], dict[str, tuple]]:
         cart_rows[row[0]] = row
     orphan = (str(ObjectId()), "gone", 500, "/img/gone.jpg", str(ObjectId()), 1)
     cart_rows[orphan[0]] = orphan
-    with (
-        dbs.cart_conn() as conn,
-        conn.cursor().copy('COPY product (id, title, price, image, "sellerId", quantity) FROM STDIN') as copy,
-    ):
-        for row in cart_rows.values():
-            copy.write_row(row)
+    with dbs.cart_conn() as conn:
+        copy_products(conn, cart_rows.values())
     return docs, cart_rows
 
 

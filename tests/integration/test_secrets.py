@@ -9,19 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import dagster as dg
 import pytest
 
+from local.dagster_dev import DAGSTER
 from local.stack import DAGSTER_DB
 from tests.factories import DROP, product_doc
 from tests.helpers import defs
 from tests.session import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
-
-DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
 def secrets_in(text: str) -> list[str]:
