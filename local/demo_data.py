@@ -11,11 +11,9 @@ import psycopg
 from bson import ObjectId
 from pymongo.database import Database
 
-from etl_defs.carts.endpoints import CART_COLUMN_TYPES
+from etl_defs.carts.endpoints import CART_COLUMNS
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, SELECT_PRODUCTS_SQL, ProductRow
 from resources.postgres import copy_rows
-
-CART_COLUMNS = tuple(CART_COLUMN_TYPES)
 
 #: Malformed product documents the sync must reject, each with the reason it should give.
 MALFORMED_PRODUCTS: list[tuple[str, dict]] = [

@@ -20,9 +20,9 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 
 import etl_defs
+from etl_defs.carts.endpoints import CART_COLUMNS
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE
 from etl_defs.settings import load_settings
-from local.demo_data import CART_COLUMNS
 from resources.postgres import copy_rows
 from tests.session import SERVICE_ENV  # noqa: F401 - sets the session's environment before the code location loads
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from pymongo import InsertOne, UpdateOne
@@ -32,6 +32,7 @@ CART_COLUMN_TYPES = {
     "version": "integer",
     "productId": "character varying",
 }
+CART_COLUMNS = tuple(CART_COLUMN_TYPES)
 
 _SELECT = (
     'SELECT c.id::text, c."userId", c."productId", c.quantity, c.version, p.id IS NOT NULL, '
@@ -72,6 +73,14 @@ def _is_canonical_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text
     except ValueError:
         return False
+
+
+class _Write(NamedTuple):
+    """One operation of a bulk write, with the cart it writes and whether it inserts or updates."""
+
+    key: str
+    is_insert: bool
+    op: InsertOne | UpdateOne
 
 
 class CartSyncEndpoints:
@@ -124,36 +133,35 @@ class CartSyncEndpoints:
         """
         result = WriteResult()
         now = _now()
-        keys: list[str] = []
-        ops: list[InsertOne | UpdateOne] = []
+        writes: list[_Write] = []
         for row in plan.missing:
-            keys.append(row.cartId)
-            ops.append(InsertOne({**row.fields(), "createdAt": now, "updatedAt": now}))
-        inserts = len(ops)
+            writes.append(_Write(row.cartId, True, InsertOne({**row.fields(), "createdAt": now, "updatedAt": now})))
         for row, _ in plan.outdated:
-            keys.append(row.cartId)
             older = {"$or": [{"version": {"$lt": row.version}}, {"version": {"$not": {"$type": "number"}}}]}
-            ops.append(UpdateOne({"cartId": row.cartId, **self._user_filter, **older}, self._update(row, now)))
+            writes.append(self._update(row, older, now))
         for row, _ in plan.changed:
-            keys.append(row.cartId)
-            same = {"version": row.version}
-            ops.append(UpdateOne({"cartId": row.cartId, **self._user_filter, **same}, self._update(row, now)))
-        if ops:
-            self._bulk_write(ops, keys, inserts, result)
+            writes.append(self._update(row, {"version": row.version}, now))
+        if writes:
+            self._bulk_write(writes, result)
         if self.prunes_orphans and plan.orphaned:
             self._prune([cart_doc_key(doc) for doc in plan.orphaned], result)
         return result
 
-    @staticmethod
-    def _update(row: CartRow, now: datetime) -> dict[str, Any]:
+    def _update(self, row: CartRow, guard: dict[str, Any], now: datetime) -> _Write:
+        """An update of the cart's document, applied only where `guard` (on its version) holds."""
         fields = row.fields()
         del fields["cartId"]
-        return {"$set": {**fields, "updatedAt": now}}
+        update = {"$set": {**fields, "updatedAt": now}}
+        return _Write(row.cartId, False, UpdateOne({"cartId": row.cartId, **self._user_filter, **guard}, update))
 
-    def _bulk_write(self, ops: list[InsertOne | UpdateOne], keys: list[str], inserts: int, result: WriteResult) -> None:
+    def _bulk_write(self, writes: list[_Write], result: WriteResult) -> None:
         with self.order_db.translated_errors():
             try:
-                details = self.order_db.collection(ORDER_CARTS).bulk_write(ops, ordered=False).bulk_api_result
+                details = (
+                    self.order_db.collection(ORDER_CARTS)
+                    .bulk_write([write.op for write in writes], ordered=False)
+                    .bulk_api_result
+                )
             except BulkWriteError as error:
                 details = error.details
         if details.get("writeConcernErrors"):
@@ -164,15 +172,17 @@ class CartSyncEndpoints:
         result.updated += details["nMatched"]
         failed_updates = 0
         for error in details.get("writeErrors", []):
-            index = error["index"]
-            if index >= inserts:
+            write = writes[error["index"]]
+            if not write.is_insert:
                 failed_updates += 1
             if error.get("code") in DUPLICATE_KEY_CODES:
                 result.newer_in_target += 1
             else:
                 message = str(error.get("errmsg", "unknown error"))[:300]
-                result.rejected.append(Rejection(keys[index], f"MongoDB refused the document: {message}"))
-        result.newer_in_target += (len(ops) - inserts) - details["nMatched"] - failed_updates
+                result.rejected.append(Rejection(write.key, f"MongoDB refused the document: {message}"))
+        # A guarded update that neither matched nor failed found the target equal or newer.
+        updates = sum(not write.is_insert for write in writes)
+        result.newer_in_target += updates - details["nMatched"] - failed_updates
 
     def _prune(self, keys: list[str], result: WriteResult) -> None:
         gone = self._absent_from_cart_db(keys)

@@ -64,9 +64,8 @@ COMPARED_FIELDS = tuple(name for name in CartRow._fields if name not in ("cartId
 CART_DOC_PROJECTION = {"_id": 0, **dict.fromkeys(CartRow._fields, 1)}
 
 
-def transform_cart(row: JoinedCart | tuple) -> CartRow | Rejection:
-    """The Order document fields for a joined cart row, or a `Rejection` saying why there are none."""
-    cart = JoinedCart._make(row)
+def transform_cart(cart: JoinedCart) -> CartRow | Rejection:
+    """The Order document fields for a joined cart, or a `Rejection` saying why there are none."""
     key = cart.cart_id
     if not cart.product_found:
         return Rejection(

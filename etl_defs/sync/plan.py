@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 Raw = TypeVar("Raw")
 Row = TypeVar("Row")
@@ -134,6 +134,7 @@ class _OrderGuard:
 
 
 def _ordered(batches: Iterable[Sequence[Tgt]], key: Callable[[Tgt], str]) -> Iterator[tuple[str, Tgt]]:
+    """Target records as (key, record), checked to arrive in increasing key order."""
     guard = _OrderGuard("target")
     for batch in batches:
         for item in batch:
@@ -142,7 +143,9 @@ def _ordered(batches: Iterable[Sequence[Tgt]], key: Callable[[Tgt], str]) -> Ite
             yield current, item
 
 
-def _transformed(batches: Iterable[Sequence[Raw]], spec: SyncSpec) -> Iterator[tuple[str, object]]:
+def _transformed(
+    batches: Iterable[Sequence[Raw]], spec: SyncSpec[Raw, Row, Tgt]
+) -> Iterator[tuple[str, Row | Rejection]]:
     """Source records as (key, row or rejection); unorderable rejections get key ``""``."""
     guard = _OrderGuard("source")
     for batch in batches:
@@ -168,60 +171,88 @@ def plan_batches(
     """Merge both sides and yield plans of at most `batch_size` classified keys.
 
     Every source record and every target record is classified exactly once. Memory holds
-    one plan and one batch of each side, whatever the table sizes.
+    one plan and one batch of each side, whatever the table sizes. Like the rest of the
+    planning this runs lazily: even a bad `batch_size` is reported on the first `next()`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    source = _transformed(source_batches, spec)
-    target = _ordered(target_batches, spec.target_key)
-    plan: BatchPlan[Row, Tgt] = BatchPlan()
-    next_target = next(target, None)
+    merged = _merged(_transformed(source_batches, spec), _ordered(target_batches, spec.target_key))
+    yield from _chunked(spec, merged, batch_size)
 
-    def full() -> bool:
-        return plan.size >= batch_size
 
+def _merged(
+    source: Iterator[tuple[str, Row | Rejection]], target: Iterator[tuple[str, Tgt]]
+) -> Iterator[tuple[str, Row | Rejection | None, Tgt | None]]:
+    """Walk both ordered sides once, yielding one `(key, source item, target item)` per key.
+
+    A side that has no record under the key gives None. An unorderable rejection is yielded
+    as `("", rejection, None)` where it arrives, without consuming a target record. Each
+    side is read one record ahead of what has been yielded.
+    """
+    upcoming = next(target, None)
     for key, item in source:
         if isinstance(item, Rejection) and not item.ordered:
-            plan.rejected.append(item)
+            yield key, item, None
+            continue
+        while upcoming is not None and upcoming[0] < key:
+            orphan_key, orphan = upcoming
+            upcoming = next(target, None)
+            yield orphan_key, None, orphan
+        if upcoming is not None and upcoming[0] == key:
+            matched: Tgt | None = upcoming[1]
+            upcoming = next(target, None)
         else:
-            while next_target is not None and next_target[0] < key:
-                plan.orphaned.append(next_target[1])
-                next_target = next(target, None)
-                if full():
-                    yield plan
-                    plan = BatchPlan()
-            matched = next_target[1] if next_target is not None and next_target[0] == key else None
-            if matched is not None:
-                next_target = next(target, None)
-            if isinstance(item, Rejection):
-                plan.rejected.append(item)
-            elif matched is None:
-                plan.missing.append(item)  # type: ignore[arg-type]
-            else:
-                _classify_pair(spec, plan, item, matched)  # type: ignore[arg-type]
-        if full():
+            matched = None
+        yield key, item, matched
+    while upcoming is not None:
+        orphan_key, orphan = upcoming
+        upcoming = next(target, None)
+        yield orphan_key, None, orphan
+
+
+def _classify(
+    spec: SyncSpec[Raw, Row, Tgt],
+    plan: BatchPlan[Row, Tgt],
+    key: str,
+    source: Row | Rejection | None,
+    target: Tgt | None,
+) -> None:
+    """Add one merged key to `plan`, under exactly one class."""
+    if source is None:
+        plan.orphaned.append(cast(Tgt, target))  # an orphan always has its target record
+    elif isinstance(source, Rejection):
+        plan.rejected.append(source)  # a matched target record is consumed, not orphaned
+    elif target is None:
+        plan.missing.append(source)
+    else:
+        change = spec.compare(source, target)
+        match change:
+            case Change.UNCHANGED:
+                plan.unchanged.append(key)
+            case Change.CHANGED:
+                plan.changed.append((source, target))
+            case Change.OUTDATED:
+                plan.outdated.append((source, target))
+            case Change.NEWER_IN_TARGET:
+                plan.newer_in_target.append((source, target))
+            case _:
+                raise ValueError(f"compare() of {spec.name} returned {change!r} for a pair")
+
+
+def _chunked(
+    spec: SyncSpec[Raw, Row, Tgt],
+    merged: Iterator[tuple[str, Row | Rejection | None, Tgt | None]],
+    batch_size: int,
+) -> Iterator[BatchPlan[Row, Tgt]]:
+    """Classify the merged keys into plans, yielding each plan as soon as it holds `batch_size` keys."""
+    plan: BatchPlan[Row, Tgt] = BatchPlan()
+    size = 0  # plan.size, counted here: each merged key lands in exactly one class
+    for key, source, target in merged:
+        _classify(spec, plan, key, source, target)
+        size += 1
+        if size >= batch_size:
             yield plan
             plan = BatchPlan()
-    while next_target is not None:
-        plan.orphaned.append(next_target[1])
-        next_target = next(target, None)
-        if full():
-            yield plan
-            plan = BatchPlan()
-    if plan.size:
+            size = 0
+    if size:
         yield plan
-
-
-def _classify_pair(spec: SyncSpec[Raw, Row, Tgt], plan: BatchPlan[Row, Tgt], row: Row, target: Tgt) -> None:
-    change = spec.compare(row, target)
-    match change:
-        case Change.UNCHANGED:
-            plan.unchanged.append(spec.source_key(row))
-        case Change.CHANGED:
-            plan.changed.append((row, target))
-        case Change.OUTDATED:
-            plan.outdated.append((row, target))
-        case Change.NEWER_IN_TARGET:
-            plan.newer_in_target.append((row, target))
-        case _:
-            raise ValueError(f"compare() of {spec.name} returned {change!r} for a pair")

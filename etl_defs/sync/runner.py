@@ -13,6 +13,8 @@ from etl_defs.sync.plan import BatchPlan, Change, Raw, Rejection, Row, SyncSpec,
 SAMPLE_KEYS = 5
 MAX_REPORTED_REJECTIONS = 100
 MAX_LOGGED_REJECTIONS = 1000
+#: The classes that hold a target record (see `SyncReport.target_rows`).
+TARGET_CLASSES = (Change.CHANGED, Change.OUTDATED, Change.UNCHANGED, Change.ORPHANED, Change.NEWER_IN_TARGET)
 
 
 @dataclass(slots=True)
@@ -63,6 +65,15 @@ class SyncReport(Generic[Row, Tgt]):
     @property
     def source_rows(self) -> int:
         return sum(n for change, n in self.counts.items() if change is not Change.ORPHANED)
+
+    @property
+    def target_rows(self) -> int:
+        """Target records read: those paired with a source row, and the orphans.
+
+        A target record under a rejected source key is consumed by that rejection, so it is
+        not counted here.
+        """
+        return sum(self.counts[change] for change in TARGET_CLASSES)
 
     @property
     def rows_per_s(self) -> float:
@@ -146,41 +157,80 @@ def run_sync(
     source = endpoints.source_batches(batch_size)
     target = endpoints.target_batches(batch_size)
     plans = plan_batches(spec, source, target, batch_size)
-    logged_rejections = 0
+    rejection_log = _RejectionLog(spec.name, log)
     try:
         for plan in plans:
-            if stop_requested is not None and (reason := stop_requested()):
-                raise SyncStopped(
-                    f"{spec.name} sync stopped between batches ({reason}) after {report.batches} batches: "
-                    f"{written(report.inserted, report.updated, report.deleted)}; the next run repairs the rest"
-                )
+            _stop_if_requested(spec, report, stop_requested)
             report.batches += 1
             report.add_plan(plan, spec)
-            for rejection in plan.rejected:
-                if logged_rejections < MAX_LOGGED_REJECTIONS:
-                    log.warning(f"{spec.name}: rejected {rejection.key}: {rejection.reason}")
-                logged_rejections += 1
+            rejection_log.add(plan.rejected)
             result = WriteResult()
-            if not dry_run and (plan.has_updates or (plan.orphaned and endpoints.prunes_orphans)):
-                result = endpoints.write(plan)
-                report.add_write(result)
-                for rejection in result.rejected:
-                    log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
-            log.info(
-                f"{spec.name} batch {report.batches}: source_rows={plan.source_rows}, "
-                f"{classes({change: plan.count(change) for change in Change})}; "
-                f"{written(result.inserted, result.updated, result.deleted)}"
-            )
+            if not dry_run and _needs_write(plan, endpoints):
+                result = _write(spec, endpoints, plan, report, log)
+            log.info(_batch_line(spec, report.batches, plan, result))
             if batch_pause_s > 0 and not dry_run:
                 time.sleep(batch_pause_s)
     finally:
         # Release both reads now, not whenever the garbage collector finalizes them.
         _close_streams(spec, log, source, target)
-    if logged_rejections > MAX_LOGGED_REJECTIONS:
-        log.warning(f"{spec.name}: {logged_rejections - MAX_LOGGED_REJECTIONS} more rejections not logged")
+    rejection_log.log_overflow()
     report.duration_s = time.perf_counter() - started
     log.info(report.summary())
     return report
+
+
+class _RejectionLog:
+    """Logs source rejections one warning each, up to `MAX_LOGGED_REJECTIONS` in a run, then counts the rest."""
+
+    def __init__(self, pipeline: str, log: logging.Logger | Any) -> None:
+        self.pipeline = pipeline
+        self.logger = log
+        self.count = 0
+
+    def add(self, rejections: list[Rejection]) -> None:
+        for rejection in rejections:
+            if self.count < MAX_LOGGED_REJECTIONS:
+                self.logger.warning(f"{self.pipeline}: rejected {rejection.key}: {rejection.reason}")
+            self.count += 1
+
+    def log_overflow(self) -> None:
+        """One warning for the rejections past the limit, if there were any."""
+        if self.count > MAX_LOGGED_REJECTIONS:
+            self.logger.warning(f"{self.pipeline}: {self.count - MAX_LOGGED_REJECTIONS} more rejections not logged")
+
+
+def _stop_if_requested(spec: SyncSpec, report: SyncReport, stop_requested: Callable[[], str | None] | None) -> None:
+    """Raise `SyncStopped`, saying what was written so far, when `stop_requested` gives a reason."""
+    if stop_requested is not None and (reason := stop_requested()):
+        raise SyncStopped(
+            f"{spec.name} sync stopped between batches ({reason}) after {report.batches} batches: "
+            f"{written(report.inserted, report.updated, report.deleted)}; the next run repairs the rest"
+        )
+
+
+def _needs_write(plan: BatchPlan, endpoints: SyncEndpoints) -> bool:
+    """Whether `plan` has anything to write: source rows, or orphans these endpoints prune."""
+    return bool(plan.has_updates or (plan.orphaned and endpoints.prunes_orphans))
+
+
+def _write(
+    spec: SyncSpec, endpoints: SyncEndpoints, plan: BatchPlan, report: SyncReport, log: logging.Logger | Any
+) -> WriteResult:
+    """Write one plan, add what it did to `report`, and log each record the target refused."""
+    result = endpoints.write(plan)
+    report.add_write(result)
+    for rejection in result.rejected:
+        log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
+    return result
+
+
+def _batch_line(spec: SyncSpec, number: int, plan: BatchPlan, result: WriteResult) -> str:
+    """The log line of one batch: its classes, then what was written."""
+    return (
+        f"{spec.name} batch {number}: source_rows={plan.source_rows}, "
+        f"{classes({change: plan.count(change) for change in Change})}; "
+        f"{written(result.inserted, result.updated, result.deleted)}"
+    )
 
 
 def _close_streams(spec: SyncSpec, log: logging.Logger | Any, *streams: object) -> None:
