@@ -27,8 +27,8 @@ def fault_stack() -> Iterator[FaultStack]:
     """Servers for this package only, on free ports, removed at the end."""
     main_dir = Path(tempfile.mkdtemp(prefix="etl-sync-faults-"))
     order_dir = Path(tempfile.mkdtemp(prefix="etl-sync-faults-order-"))
-    # The same credentials as the session stack: `etl_defs.defs` bound MONGO_USER and
-    # MONGO_PASSWORD when it was imported with them set.
+    # The same credentials as the session stack: `tests.helpers.defs` bound MONGO_USER and
+    # MONGO_PASSWORD when it was loaded with them set.
     credentials = {
         "pg_password": PG_TEST_PASSWORD,
         "mongo_user": MONGO_TEST_USER,

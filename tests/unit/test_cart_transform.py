@@ -60,6 +60,29 @@ def test_a_cart_with_its_product_becomes_the_order_document() -> None:
     assert row.fields() == order_doc()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (
+            {
+                "product_found": False,
+                "product_title": None,
+                "product_price": None,
+                "product_image": None,
+                "seller_id": None,
+                "product_quantity": None,
+            },
+            "product '65a000000000000000000001' is not in the Cart DB's product table, so its price is unknown",
+        ),
+        ({"cart_quantity": 0}, "cart quantity 0 is not positive"),
+        ({"cart_quantity": -2}, "cart quantity -2 is not positive"),
+        ({"product_price": -1}, "product '65a000000000000000000001' has a negative price -1"),
+        (
+            {"product_price": 2**62, "cart_quantity": 4},
+            f"total {2**62} * 4 = {2**64} does not fit a 64-bit integer",
+        ),
+    ],
+)
 def test_a_cart_that_cannot_be_represented_is_rejected_with_its_reason(overrides: dict, reason: str) -> None:
     assert transform_cart(joined(**overrides)) == Rejection(CART_ID, reason)
 
