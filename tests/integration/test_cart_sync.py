@@ -29,19 +29,6 @@ from tests.factories import Cart, expected_doc, new_cart, new_product
 from tests.helpers import copy_carts, copy_products, defs
 from tests.session import Databases
 
-SYNCED_FIELDS = (
-    "cartId",
-    "userId",
-    "productId",
-    "productTitle",
-    "productPrice",
-    "productImage",
-    "sellerId",
-    "productQuantity",
-    "cartQuantity",
-    "total",
-    "version",
-)
 LONG_AGO = datetime(2024, 1, 1, tzinfo=UTC)
 
 
