@@ -125,8 +125,11 @@ class CartDemoCounts:
     demo_user_carts: int
 
 
-def _order_doc(cart: tuple, product: tuple) -> dict:
-    """The Order document a cart becomes (cart: id, quantity, userId, version, productId)."""
+def order_doc_fields(cart: tuple, product: tuple) -> dict:
+    """The synced fields of the Order document a cart becomes, spelled out here, not by the sync's transform.
+
+    `cart` is a `cart` row (id, quantity, userId, version, productId), `product` a `product` row.
+    """
     cart_id, quantity, user_id, version, _ = cart
     product_id, title, price, image, seller_id, product_quantity = product
     return {
@@ -141,9 +144,12 @@ def _order_doc(cart: tuple, product: tuple) -> dict:
         "cartQuantity": quantity,
         "total": price * quantity,
         "version": version,
-        "createdAt": _LONG_AGO,
-        "updatedAt": _LONG_AGO,
     }
+
+
+def _order_doc(cart: tuple, product: tuple) -> dict:
+    """The Order document a cart becomes, as the Order service stored it long ago."""
+    return {**order_doc_fields(cart, product), "createdAt": _LONG_AGO, "updatedAt": _LONG_AGO}
 
 
 def seed_carts(

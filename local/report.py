@@ -10,6 +10,7 @@ import psycopg
 
 from etl_defs.products.table import SELECT_PRODUCTS_SQL, ProductRow
 from etl_defs.products.transform import transform_product
+from local.demo_data import order_doc_fields
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 
 
@@ -39,7 +40,7 @@ CART_JOIN_SQL = (
 def cart_drift(cart_rows: list[tuple], order_docs: list[dict]) -> dict[str, int]:
     """Counts of missing, outdated, stale, newer and orphaned Order carts, and unsyncable carts.
 
-    Written independently of the sync's transform: the expected document is spelled out here.
+    Written independently of the sync's transform: the expected document comes from `order_doc_fields`.
     """
     in_order = {doc.get("cartId"): doc for doc in order_docs}
     figures = dict.fromkeys(
@@ -59,17 +60,8 @@ def cart_drift(cart_rows: list[tuple], order_docs: list[dict]) -> dict[str, int]
         if title is None or quantity <= 0 or price < 0:
             figures["unsyncable"] += 1
             continue
-        expected = {
-            "userId": user_id,
-            "productId": product_id,
-            "productTitle": title,
-            "productPrice": price,
-            "productImage": image,
-            "sellerId": seller_id,
-            "productQuantity": stock,
-            "cartQuantity": quantity,
-            "total": price * quantity,
-        }
+        cart = (cart_id, quantity, user_id, version, product_id)
+        expected = order_doc_fields(cart, (product_id, title, price, image, seller_id, stock))
         doc = in_order.get(cart_id)
         if doc is None:
             figures["missing_in_order_db"] += 1
