@@ -11,7 +11,7 @@ import psycopg
 from bson import ObjectId
 from pymongo.database import Database
 
-from etl_defs.carts.endpoints import CART_COLUMNS
+from etl_defs.carts.endpoints import CART_COLUMNS, CART_TABLE
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, SELECT_PRODUCTS_SQL, ProductRow
 from resources.postgres import copy_rows
 
@@ -216,10 +216,10 @@ def seed_carts(
     counts.carts += 1 + len(no_product)
     with cart_conn.transaction():
         cart_conn.execute("TRUNCATE cart")
-        copy_rows(cart_conn, "cart", CART_COLUMNS, [*rows, zero_quantity])
+        copy_rows(cart_conn, CART_TABLE, CART_COLUMNS, [*rows, zero_quantity])
         # A cart whose product row is gone: only possible with the foreign key bypassed.
         cart_conn.execute("SET LOCAL session_replication_role = replica")
-        copy_rows(cart_conn, "cart", CART_COLUMNS, no_product)
+        copy_rows(cart_conn, CART_TABLE, CART_COLUMNS, no_product)
     order_db["carts"].delete_many({})
     order_db["carts"].insert_many(docs)
     return counts

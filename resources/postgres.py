@@ -52,15 +52,12 @@ def column_type_problems(conn: psycopg.Connection, table: str, expected: dict[st
     return problems
 
 
-def copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """COPY `rows` (tuples in `columns` order) into `table`, in the connection's transaction; how many."""
+def copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """COPY `rows` (tuples in `columns` order) into `table`, in the connection's transaction."""
     quoted = ", ".join(f'"{column}"' for column in columns)
-    count = 0
     with conn.cursor().copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
-            count += 1
-    return count
 
 
 def _lock_key(name: str) -> int:

@@ -20,7 +20,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 
 import etl_defs
-from etl_defs.carts.endpoints import CART_COLUMNS
+from etl_defs.carts.endpoints import CART_COLUMNS, CART_TABLE
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE
 from etl_defs.settings import load_settings
 from resources.postgres import copy_rows
@@ -42,11 +42,11 @@ defs: dg.Definitions = etl_defs.defs()
 settings = load_settings()
 
 
-def copy_products(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> int:
+def copy_products(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> None:
     """COPY `rows` (tuples in `product` column order) into the Cart DB's `product` table."""
-    return copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, rows)
+    copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, rows)
 
 
-def copy_carts(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> int:
+def copy_carts(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> None:
     """COPY `rows` (tuples in `cart` column order) into the Cart DB's `cart` table."""
-    return copy_rows(conn, "cart", CART_COLUMNS, rows)
+    copy_rows(conn, CART_TABLE, CART_COLUMNS, rows)

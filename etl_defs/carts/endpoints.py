@@ -24,6 +24,7 @@ CART_ID_INDEX = "cartId_1"
 #: MongoDB's duplicate-key error codes.
 DUPLICATE_KEY_CODES = frozenset({11000, 11001, 12582})
 
+CART_TABLE = "cart"
 #: The Cart DB's `cart` columns, in the Cart service's order, with their information_schema types.
 CART_COLUMN_TYPES = {
     "id": "uuid",
@@ -47,7 +48,7 @@ STILL_IN_CART_DB_SQL = "SELECT id::text FROM cart WHERE id = ANY(%s::uuid[])"
 
 def cart_schema_problems(conn: psycopg.Connection) -> list[str]:
     """What is wrong with the Cart DB's `cart` and `product` tables for this sync (empty when fine)."""
-    return column_type_problems(conn, "cart", CART_COLUMN_TYPES) + product_schema_problems(conn)
+    return column_type_problems(conn, CART_TABLE, CART_COLUMN_TYPES) + product_schema_problems(conn)
 
 
 def order_index_problems(order_db: MongoResource) -> list[str]:
