@@ -15,16 +15,19 @@ from resources import MongoResource, PostgresResource
 
 def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource]:
     """The three databases, with URLs and secrets bound by variable name, never by value."""
-    mongo_credentials = {
+    mongo_options = {
         "username": dg.EnvVar("MONGO_USER") if settings.mongo_user else None,
         "password": dg.EnvVar("MONGO_PASSWORD") if settings.mongo_password else None,
+        "fetch_size": settings.mongodb_fetch_size,
     }
     return {
         "product_db": MongoResource(
-            url=dg.EnvVar("PRODUCT_SERVICE_MONGODB_URL"), label="Product MongoDB", **mongo_credentials
+            url=dg.EnvVar("PRODUCT_SERVICE_MONGODB_URL"), label="Product MongoDB", **mongo_options
         ),
-        "order_db": MongoResource(url=dg.EnvVar(settings.order_url_env), label="Order MongoDB", **mongo_credentials),
-        "cart_db": PostgresResource(url=dg.EnvVar(settings.cart_db_url_env), label="Cart PostgreSQL"),
+        "order_db": MongoResource(url=dg.EnvVar(settings.order_url_env), label="Order MongoDB", **mongo_options),
+        "cart_db": PostgresResource(
+            url=dg.EnvVar(settings.cart_db_url_env), label="Cart PostgreSQL", fetch_size=settings.postgres_fetch_size
+        ),
     }
 
 

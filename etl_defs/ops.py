@@ -31,11 +31,14 @@ def report_metadata(report: SyncReport) -> dict[str, Any]:
 
 
 @contextmanager
-def retried_while_unavailable(context: dg.OpExecutionContext, after_failure: str = "") -> Iterator[None]:
+def retried_while_unavailable(
+    context: dg.OpExecutionContext, after_failure: str = "", before_retry: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Turn `DatabaseUnavailableError` into a step retry with exponential backoff, and,
     once retries run out, into a `dg.Failure` whose message names the database.
 
-    Only unreachable databases are retried; bad data never is.
+    Only unreachable databases are retried; bad data never is. `before_retry` runs just
+    before a retry is requested (to record where the retry can resume).
     """
     try:
         yield
@@ -48,6 +51,8 @@ def retried_while_unavailable(context: dg.OpExecutionContext, after_failure: str
                 description=f"{error} (gave up after {attempt} retries{note})", allow_retries=False
             ) from error
         wait = RETRY_BASE_DELAY_S * 2**attempt
+        if before_retry is not None:
+            before_retry()
         context.log.warning(f"{error}; retry {attempt + 1} of {MAX_CONNECTION_RETRIES} in {wait:.0f}s")
         raise dg.RetryRequested(max_retries=MAX_CONNECTION_RETRIES, seconds_to_wait=wait) from error
 
@@ -85,11 +90,13 @@ def run_sync_op(
 
     A real run holds the pipeline's advisory lock, so two runs never write at once even
     when one bypasses the run queue. A database that is unreachable is retried with
-    backoff; bad data is never retried (it is rejected record by record instead).
+    backoff, and the retry resumes after the last key written (see `save_checkpoint`); bad
+    data is never retried (it is rejected record by record instead).
     """
     fault_note = (
         "batches written before the fault stay written; run the sync again once the database is back to repair the rest"
     )
+    report = resumed_report(context, spec, config, asset_key) or SyncReport(pipeline=spec.name, dry_run=config.dry_run)
 
     def sync(lock_still_held: Callable[[], None] | None = None) -> SyncReport:
         return run_sync(
@@ -99,11 +106,15 @@ def run_sync_op(
             dry_run=config.dry_run,
             log=context.log,
             batch_pause_s=config.batch_pause_ms / 1000,
-            stop_requested=make_stop_check(context, lock_still_held),
+            stop_requested=make_stop_check(context),
+            before_write=lock_still_held,
+            report=report,
         )
 
     try:
-        with retried_while_unavailable(context, after_failure=fault_note):
+        with retried_while_unavailable(
+            context, after_failure=fault_note, before_retry=lambda: save_checkpoint(context, report, asset_key)
+        ):
             if config.dry_run:
                 report = sync()
             else:
@@ -119,23 +130,55 @@ def run_sync_op(
     return dg.Output(report.figures(), metadata=metadata)
 
 
-def make_stop_check(
-    context: dg.OpExecutionContext, lock_still_held: Callable[[], None] | None = None
-) -> Callable[[], str | None]:
+#: The metadata key of the observation that records how far an interrupted sync got.
+CHECKPOINT_KEY = "sync_checkpoint"
+#: How many of the asset's latest observations a retry looks through for its run's checkpoint.
+_CHECKPOINT_LOOKBACK = 20
+
+
+def save_checkpoint(context: dg.OpExecutionContext, report: SyncReport, asset_key: dg.AssetKey) -> None:
+    """Record, as an observation of the synced asset in this run, the key through which
+    every batch is written and the figures so far, so that the step's retry goes on from
+    there instead of from the first key. A dry run wrote nothing and records nothing."""
+    if report.dry_run or report.resume_after is None:
+        return
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=asset_key,
+            description=f"{report.pipeline} sync interrupted after key {report.resume_after!r}; retried from there",
+            metadata={CHECKPOINT_KEY: dg.MetadataValue.json(report.checkpoint())},
+        )
+    )
+
+
+def resumed_report(
+    context: dg.OpExecutionContext, spec: SyncSpec, config: SyncOpConfig, asset_key: dg.AssetKey
+) -> SyncReport | None:
+    """On a retry of the step, the report its earlier attempt checkpointed in this run (None otherwise)."""
+    if context.retry_number == 0 or config.dry_run:
+        return None
+    records = context.instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=asset_key), limit=_CHECKPOINT_LOOKBACK
+    )
+    for record in records.records:
+        observation = record.asset_observation
+        if record.run_id != context.run_id or observation is None or CHECKPOINT_KEY not in observation.metadata:
+            continue
+        return SyncReport.from_checkpoint(spec.name, config.dry_run, observation.metadata[CHECKPOINT_KEY].value)
+    return None
+
+
+def make_stop_check(context: dg.OpExecutionContext) -> Callable[[], str | None]:
     """The check the sync runs before each batch: is this run being terminated (the UI's Terminate)?
 
     A launched run is also interrupted by a signal, but nothing can signal a run started
     with `dagster job execute`: Dagster only marks it CANCELING. So the sync reads its run's
-    status itself, at most every `TERMINATION_POLL_S` seconds. Before every batch it also
-    checks that it still holds its lock (`lock_still_held` raises when the lock's session
-    ended), so that no batch is written unlocked.
+    status itself, at most every `TERMINATION_POLL_S` seconds.
     """
     last_check = time.monotonic()
 
     def requested() -> str | None:
         nonlocal last_check
-        if lock_still_held is not None:
-            lock_still_held()
         now = time.monotonic()
         if now - last_check < TERMINATION_POLL_S:
             return None

@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from resources import mongo, postgres
+
 log = logging.getLogger(__name__)
 
 Status = TypeVar("Status", bound=Enum)
@@ -81,6 +83,12 @@ class SyncSettings(BaseModel):
     enable_scheduler: bool = Field(default=True, alias="ENABLE_SCHEDULER")
     sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
     cart_sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="CART_SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
+    mongodb_fetch_size: int = Field(
+        default=mongo.DEFAULT_FETCH_SIZE, alias="MONGODB_FETCH_SIZE", ge=1, le=mongo.MAX_FETCH_SIZE
+    )
+    postgres_fetch_size: int = Field(
+        default=postgres.DEFAULT_FETCH_SIZE, alias="POSTGRES_FETCH_SIZE", ge=1, le=postgres.MAX_FETCH_SIZE
+    )
     timezone: str = Field(default="UTC", alias="TIMEZONE")
 
     @field_validator("product_mongodb_url", "order_mongodb_url")

@@ -17,6 +17,9 @@ from pymongo.errors import AutoReconnect, ConnectionFailure, CursorNotFound, PyM
 
 from resources.errors import DatabaseUnavailableError, first_line
 
+#: Documents the server is asked for per round trip (`find` and each `getMore`) of a streamed read.
+DEFAULT_FETCH_SIZE = 1000
+MAX_FETCH_SIZE = 100_000
 #: pymongo errors that mean "the server is not there", worth a retry.
 MONGO_CONNECTION_ERRORS = (ConnectionFailure, AutoReconnect, ServerSelectionTimeoutError)
 
@@ -44,6 +47,9 @@ class MongoResource(dg.ConfigurableResource):
     socket_timeout_ms: int = Field(default=120_000, ge=1)
     server_selection_timeout_ms: int = Field(default=5_000, ge=1)
     max_pool_size: int = Field(default=10, ge=1)
+    fetch_size: int = Field(
+        default=DEFAULT_FETCH_SIZE, ge=1, le=MAX_FETCH_SIZE, description="Documents per getMore of a streamed read"
+    )
 
     _client: MongoClient | None = PrivateAttr(default=None)
 
@@ -90,25 +96,35 @@ class MongoResource(dg.ConfigurableResource):
         projection: Mapping[str, Any],
         *,
         order_by: str,
-        index: str,
         batch_size: int,
+        hint: str | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Matching documents in ascending `order_by` order, walking `index`, as lists of `batch_size`.
+        """Matching documents in ascending `order_by` order, as lists of `batch_size`.
 
-        The hint matters: without it a server may plan a collection scan and an in-memory sort.
+        The server is asked for `fetch_size` documents per round trip, whatever the batch.
+        `hint` names the index to walk for an unbounded scan, where a server might otherwise
+        plan a collection scan and an in-memory sort. Leave it out when `query` bounds the
+        sorted field: every server then walks the index between the bounds, whereas a hint
+        makes some (the embedded SecantusDB) walk the whole index.
         """
         with self.translated_errors():
-            cursor = (
-                self.collection(collection).find(query, projection).sort(order_by, 1).hint(index).batch_size(batch_size)
-            )
-            batch: list[dict[str, Any]] = []
-            for doc in cursor:
-                batch.append(doc)
-                if len(batch) >= batch_size:
+            cursor = self.collection(collection).find(query, projection).sort(order_by, 1).batch_size(self.fetch_size)
+            if hint is not None:
+                cursor = cursor.hint(hint)
+            with cursor:
+                batch: list[dict[str, Any]] = []
+                for doc in cursor:
+                    batch.append(doc)
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+                if batch:
                     yield batch
-                    batch = []
-            if batch:
-                yield batch
+
+    def estimated_count(self, collection: str) -> int:
+        """The collection's size from its metadata (no scan), for progress lines."""
+        with self.translated_errors():
+            return self.collection(collection).estimated_document_count()
 
     def ping(self) -> float:
         """Round trip of a `ping` command in seconds; `DatabaseUnavailableError` when down."""

@@ -16,6 +16,9 @@ from sqlalchemy.engine import Engine, make_url
 
 from resources.errors import DatabaseUnavailableError, SyncAlreadyRunningError, first_line
 
+#: Rows fetched per round trip of a server-side cursor.
+DEFAULT_FETCH_SIZE = 2000
+MAX_FETCH_SIZE = 100_000
 #: First half of every advisory lock key this service takes (ASCII "ETLS").
 ADVISORY_LOCK_NAMESPACE = 0x45544C53
 
@@ -76,6 +79,9 @@ class PostgresResource(dg.ConfigurableResource):
     label: str = Field(default="Cart PostgreSQL", description="Name used in logs and errors")
     connect_timeout_s: int = Field(default=10, ge=1)
     pool_size: int = Field(default=4, ge=1)
+    fetch_size: int = Field(
+        default=DEFAULT_FETCH_SIZE, ge=1, le=MAX_FETCH_SIZE, description="Rows per FETCH of a server-side cursor"
+    )
     application_name: str = "etl-sync"
 
     _engine: Engine | None = PrivateAttr(default=None)
@@ -143,15 +149,29 @@ class PostgresResource(dg.ConfigurableResource):
         self, query: str, params: Sequence[Any] = (), *, batch_size: int, cursor_name: str = "etl_sync_scan"
     ) -> Iterator[list[tuple[Any, ...]]]:
         """The query's rows through a server-side cursor, as lists of `batch_size`: memory
-        holds one batch, whatever the table size."""
+        holds one batch, whatever the table size. Each round trip fetches `fetch_size` rows."""
         with self.connection() as conn:
             conn.autocommit = False
             with conn.cursor(name=cursor_name) as cursor:
-                cursor.itersize = batch_size
+                cursor.itersize = self.fetch_size
                 cursor.execute(query, params)
-                while rows := cursor.fetchmany(batch_size):
-                    yield rows
+                batch: list[tuple[Any, ...]] = []
+                while rows := cursor.fetchmany(self.fetch_size):
+                    batch.extend(rows)
+                    while len(batch) >= batch_size:
+                        yield batch[:batch_size]
+                        batch = batch[batch_size:]
+                if batch:
+                    yield batch
             conn.rollback()
+
+    def estimated_rows(self, table: str) -> int | None:
+        """The table's row count from the planner's statistics (no scan); None before its first ANALYZE."""
+        with self.connection() as conn:
+            query = "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)"
+            row = conn.execute(query, (table,)).fetchone()
+            conn.rollback()
+        return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
 
     def ping(self) -> float:
         """Round trip of `SELECT 1` in seconds; `DatabaseUnavailableError` when down."""

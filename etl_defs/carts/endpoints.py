@@ -11,7 +11,7 @@ import psycopg
 from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow, JoinedCart, cart_doc_key
+from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow, JoinedCart, cart_doc_key, version_number
 from etl_defs.products.endpoints import product_schema_problems
 from etl_defs.sync.plan import BatchPlan, Rejection
 from etl_defs.sync.runner import WriteResult
@@ -41,8 +41,7 @@ _SELECT = (
     'FROM cart c LEFT JOIN product p ON p.id = c."productId"'
 )
 # uuid order is byte order of the 16 bytes, which is the order of their lowercase text.
-SCAN_SQL = f"{_SELECT} ORDER BY c.id"
-SCAN_ONE_USER_SQL = f'{_SELECT} WHERE c."userId" = %s ORDER BY c.id'
+_ORDER = "ORDER BY c.id"
 STILL_IN_CART_DB_SQL = "SELECT id::text FROM cart WHERE id = ANY(%s::uuid[])"
 
 
@@ -76,6 +75,19 @@ def _is_canonical_uuid(text: str) -> bool:
         return False
 
 
+def _still_older(row: CartRow, target: Mapping[str, Any]) -> dict[str, Any]:
+    """The guard of an outdated cart's update: the Order document is still older than `row`.
+
+    A numeric version must still be below the source's; an unusable one (missing, null, a
+    string) must still be the one read. Both are plain conditions beside the `cartId`
+    equality, so every server answers the update through the unique index: an `$or` of
+    them would send some servers (the embedded one) through the whole collection per update.
+    """
+    if version_number(target.get("version")) is not None:
+        return {"version": {"$lt": row.version}}
+    return {"version": target.get("version")}
+
+
 class _Write(NamedTuple):
     """One operation of a bulk write, with the cart it writes and whether it inserts or updates."""
 
@@ -107,22 +119,52 @@ class CartSyncEndpoints:
     def _user_filter(self) -> dict[str, Any]:
         return {} if self.user_id is None else {"userId": self.user_id}
 
-    def source_batches(self, batch_size: int) -> Iterator[Sequence[JoinedCart]]:
+    def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[JoinedCart]]:
         """Carts joined with their product in `cart.id` order, through a server-side cursor."""
-        query, params = (SCAN_SQL, ()) if self.user_id is None else (SCAN_ONE_USER_SQL, (self.user_id,))
-        for rows in self.cart_db.scan_in_batches(query, params, batch_size=batch_size, cursor_name="cart_sync_scan"):
+        conditions, params = [], []
+        if self.user_id is not None:
+            conditions.append('c."userId" = %s')
+            params.append(self.user_id)
+        if after is not None:
+            conditions.append("c.id > %s::uuid")
+            params.append(after)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        scan = self.cart_db.scan_in_batches(
+            f"{_SELECT}{where} {_ORDER}", params, batch_size=batch_size, cursor_name="cart_sync_scan"
+        )
+        for rows in scan:
             yield [JoinedCart._make(row) for row in rows]
 
-    def target_batches(self, batch_size: int) -> Iterator[Sequence[dict[str, Any]]]:
-        """Order `carts` documents in `cartId` order (the `cartId_1` index walk).
+    def target_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[dict[str, Any]]]:
+        """Order `carts` documents in `cartId` order.
 
         Only string `cartId`s take part: the Cart DB's keys are uuids as text, and mixing
-        BSON types would break the byte order the merge relies on.
+        BSON types would break the byte order the merge relies on. A whole sync walks the
+        `cartId_1` index; one user's carts come through the `userId` index and are sorted
+        here (a user has few), so a user's sync costs O(their carts), not a walk of every cart.
         """
-        query = {"cartId": {"$type": "string"}, **self._user_filter}
-        return self.order_db.find_in_batches(
-            ORDER_CARTS, query, CART_DOC_PROJECTION, order_by="cartId", index=CART_ID_INDEX, batch_size=batch_size
+        if self.user_id is not None:
+            return self._one_users_documents(batch_size, after)
+        query, hint = (
+            ({"cartId": {"$type": "string"}}, CART_ID_INDEX) if after is None else ({"cartId": {"$gt": after}}, None)
         )
+        return self.order_db.find_in_batches(
+            ORDER_CARTS, query, CART_DOC_PROJECTION, order_by="cartId", hint=hint, batch_size=batch_size
+        )
+
+    def _one_users_documents(self, batch_size: int, after: str | None) -> Iterator[list[dict[str, Any]]]:
+        # No sort and no hint: the equality on `userId` is answered by its index on every server.
+        with self.order_db.translated_errors():
+            found = list(self.order_db.collection(ORDER_CARTS).find({"userId": self.user_id}, CART_DOC_PROJECTION))
+        documents = sorted(
+            (doc for doc in found if isinstance(doc.get("cartId"), str) and (after is None or doc["cartId"] > after)),
+            key=cart_doc_key,
+        )
+        for start in range(0, len(documents), batch_size):
+            yield documents[start : start + batch_size]
+
+    def estimated_source_rows(self) -> int | None:
+        return None if self.user_id is not None else self.cart_db.estimated_rows(CART_TABLE)
 
     def write(self, plan: BatchPlan[CartRow, Mapping[str, Any]]) -> WriteResult:
         """One unordered bulk write: insert missing, update outdated and changed under a version guard.
@@ -137,9 +179,8 @@ class CartSyncEndpoints:
         writes: list[_Write] = []
         for row in plan.missing:
             writes.append(_Write(row.cartId, True, InsertOne({**row.fields(), "createdAt": now, "updatedAt": now})))
-        for row, _ in plan.outdated:
-            older = {"$or": [{"version": {"$lt": row.version}}, {"version": {"$not": {"$type": "number"}}}]}
-            writes.append(self._update(row, older, now))
+        for row, target in plan.outdated:
+            writes.append(self._update(row, _still_older(row, target), now))
         for row, _ in plan.changed:
             writes.append(self._update(row, {"version": row.version}, now))
         if writes:

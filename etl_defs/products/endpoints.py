@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
+from bson import ObjectId
 
 from etl_defs.products.table import (
     PRODUCT_COLUMN_LIST,
@@ -23,6 +24,7 @@ from resources import MongoResource, PostgresResource
 from resources.postgres import column_type_problems, copy_rows
 
 SCAN_SQL = f'{SELECT_PRODUCTS_SQL} ORDER BY id COLLATE "C"'
+SCAN_AFTER_SQL = f'{SELECT_PRODUCTS_SQL} WHERE id COLLATE "C" > %s ORDER BY id COLLATE "C"'
 STAGE = "product_sync_stage"
 STAGE_SQL = product_table_ddl(STAGE, staging=True)
 _UPDATABLE = [c for c in PRODUCT_COLUMNS if c != "id"]
@@ -52,16 +54,26 @@ class ProductSyncEndpoints:
         self.product_db = product_db
         self.cart_db = cart_db
 
-    def source_batches(self, batch_size: int) -> Iterator[Sequence[dict[str, Any]]]:
-        """Product documents in `_id` order (the `_id_` index walk), `batch_size` at a time."""
+    def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[dict[str, Any]]]:
+        """Product documents in `_id` order (the `_id_` index walk), `batch_size` at a time.
+
+        After a key, only ObjectId `_id`s above it are read (BSON compares types first): the
+        unorderable `_id`s were read, and rejected, by the sync that got that far.
+        """
+        query, hint = ({}, "_id_") if after is None else ({"_id": {"$gt": ObjectId(after)}}, None)
         return self.product_db.find_in_batches(
-            "products", {}, PRODUCT_PROJECTION, order_by="_id", index="_id_", batch_size=batch_size
+            "products", query, PRODUCT_PROJECTION, order_by="_id", hint=hint, batch_size=batch_size
         )
 
-    def target_batches(self, batch_size: int) -> Iterator[Sequence[ProductRow]]:
+    def target_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[ProductRow]]:
         """`product` rows in `id COLLATE "C"` order through a server-side cursor."""
-        for rows in self.cart_db.scan_in_batches(SCAN_SQL, batch_size=batch_size, cursor_name="product_sync_scan"):
+        query, params = (SCAN_SQL, ()) if after is None else (SCAN_AFTER_SQL, (after,))
+        scan = self.cart_db.scan_in_batches(query, params, batch_size=batch_size, cursor_name="product_sync_scan")
+        for rows in scan:
             yield [ProductRow._make(row) for row in rows]
+
+    def estimated_source_rows(self) -> int | None:
+        return self.product_db.estimated_count("products")
 
     def write(self, plan: BatchPlan[ProductRow, ProductRow]) -> WriteResult:
         """Insert the plan's missing rows and update its changed ones, in one transaction."""

@@ -70,6 +70,9 @@ class BatchPlan(Generic[Row, Tgt]):
     orphaned: list[Tgt] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     newer_in_target: list[tuple[Row, Tgt]] = field(default_factory=list)
+    #: The greatest key this plan classifies (None when it holds only unorderable rejections):
+    #: every key up to it is in this plan or an earlier one.
+    last_key: str | None = None
 
     @property
     def size(self) -> int:
@@ -249,6 +252,8 @@ def _chunked(
     size = 0  # plan.size, counted here: each merged key lands in exactly one class
     for key, source, target in merged:
         _classify(spec, plan, key, source, target)
+        if key:  # "" is an unorderable rejection, which has no place in the key order
+            plan.last_key = key
         size += 1
         if size >= batch_size:
             yield plan

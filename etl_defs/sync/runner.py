@@ -1,4 +1,8 @@
-"""The one sync loop both pipelines run: plan a batch, write it, report, repeat."""
+"""The one sync loop both pipelines run: plan a batch, write it, report, repeat.
+
+Both sides are read ahead on threads of their own (`readahead`), so the databases serve the
+next batches while this loop plans and writes the current one.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
 from etl_defs.sync.plan import BatchPlan, Change, Raw, Rejection, Row, SyncSpec, Tgt, plan_batches
+from etl_defs.sync.readahead import ReadAhead
 
+#: Batches each side is read ahead of the plan (bounded: memory stays O(batch)).
+READ_AHEAD_BATCHES = 2
+#: Seconds between two progress lines of a long sync.
+PROGRESS_INTERVAL_S = 5.0
 SAMPLE_KEYS = 5
 MAX_REPORTED_REJECTIONS = 100
 MAX_LOGGED_REJECTIONS = 1000
@@ -38,9 +47,17 @@ class SyncEndpoints(Protocol[Raw, Row, Tgt]):
     #: Whether `write` deletes a plan's orphans (otherwise they are only counted).
     prunes_orphans: bool
 
-    def source_batches(self, batch_size: int) -> Iterator[Sequence[Raw]]: ...
+    def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[Raw]]:
+        """Source records in key order (only keys greater than `after`, when given)."""
+        ...
 
-    def target_batches(self, batch_size: int) -> Iterator[Sequence[Tgt]]: ...
+    def target_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[Tgt]]:
+        """Target records in key order (only keys greater than `after`, when given)."""
+        ...
+
+    def estimated_source_rows(self) -> int | None:
+        """Roughly how many source records a whole sync reads (from metadata, no scan), for progress lines."""
+        ...
 
     def write(self, plan: BatchPlan[Row, Tgt]) -> WriteResult: ...
 
@@ -61,6 +78,9 @@ class SyncReport(Generic[Row, Tgt]):
     rejected_at_write: int = 0
     batches: int = 0
     duration_s: float = 0.0
+    #: Every key up to this one is planned and, unless a dry run, written: a sync started
+    #: from this report reads on after it (a retried step resumes instead of starting over).
+    resume_after: str | None = None
 
     @property
     def source_rows(self) -> int:
@@ -101,6 +121,27 @@ class SyncReport(Generic[Row, Tgt]):
         if room > 0:
             self.rejections.extend(rejections[:room])
 
+    def checkpoint(self) -> dict[str, Any]:
+        """This report as JSON-able data, to resume from with `from_checkpoint`."""
+        return {
+            "resume_after": self.resume_after,
+            "counts": {change.value: n for change, n in self.counts.items()},
+            "samples": {change.value: keys for change, keys in self.samples.items()},
+            "rejections": [[r.key, r.reason, r.ordered] for r in self.rejections],
+            **{name: getattr(self, name) for name in _CHECKPOINTED},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, pipeline: str, dry_run: bool, data: Mapping[str, Any]) -> SyncReport:
+        """The report a `checkpoint()` was taken of, to go on from."""
+        report: SyncReport = cls(pipeline=pipeline, dry_run=dry_run, resume_after=data["resume_after"])
+        report.counts = {change: int(data["counts"].get(change.value, 0)) for change in Change}
+        report.samples = {change: list(data["samples"].get(change.value, [])) for change in Change}
+        report.rejections = [Rejection(key, reason, ordered) for key, reason, ordered in data["rejections"]]
+        for name in _CHECKPOINTED:
+            setattr(report, name, type(getattr(report, name))(data[name]))
+        return report
+
     def figures(self) -> dict[str, float | int]:
         """Numeric figures under the same keys every run, so the UI can plot them."""
         return {
@@ -126,6 +167,18 @@ class SyncReport(Generic[Row, Tgt]):
         )
 
 
+#: The `SyncReport` fields a checkpoint carries as they are.
+_CHECKPOINTED = (
+    "inserted",
+    "updated",
+    "deleted",
+    "newer_in_target_at_write",
+    "rejected_at_write",
+    "batches",
+    "duration_s",
+)
+
+
 def classes(counts: Mapping[Change, int]) -> str:
     """`missing=.., changed=.., ...`: every class, in one order, for the summary and the batch lines."""
     return ", ".join(f"{change.value}={counts[change]}" for change in Change)
@@ -144,39 +197,97 @@ def run_sync(
     log: logging.Logger | Any,
     batch_pause_s: float = 0.0,
     stop_requested: Callable[[], str | None] | None = None,
+    before_write: Callable[[], None] | None = None,
+    report: SyncReport[Row, Tgt] | None = None,
 ) -> SyncReport[Row, Tgt]:
-    """Plan every batch and, unless `dry_run`, write it before reading on.
+    """Plan every batch and, unless `dry_run`, write it before planning the next.
 
     Each write is one transaction (PostgreSQL) or one guarded bulk write (MongoDB), so a
     run that stops between batches leaves no half-written batch behind. `stop_requested`
     is asked before each batch; when it gives a reason, the sync raises `SyncStopped` there
-    (and an error it raises ends the sync there too).
+    (and an error it raises ends the sync there too). `before_write` runs before each
+    write (the lock check). Given a `report` of an interrupted sync, the sync goes on after
+    its `resume_after` key and adds to its figures; the report passed in is the one updated,
+    so after an error it says how far the sync got.
     """
-    report: SyncReport[Row, Tgt] = SyncReport(pipeline=spec.name, dry_run=dry_run)
+    if report is None:
+        report = SyncReport(pipeline=spec.name, dry_run=dry_run)
     started = time.perf_counter()
-    source = endpoints.source_batches(batch_size)
-    target = endpoints.target_batches(batch_size)
-    plans = plan_batches(spec, source, target, batch_size)
+    already = report.duration_s
+    after = report.resume_after
+    if after is not None:
+        log.info(f"{spec.name} sync resumes after key {after!r} ({report.source_rows} source rows done before)")
+    progress = _Progress(spec.name, log, endpoints.estimated_source_rows() if after is None else None, report)
+    source = ReadAhead(endpoints.source_batches(batch_size, after), depth=READ_AHEAD_BATCHES, name="sync-source")
+    target = ReadAhead(endpoints.target_batches(batch_size, after), depth=READ_AHEAD_BATCHES, name="sync-target")
     rejection_log = _RejectionLog(spec.name, log)
     try:
-        for plan in plans:
+        for plan in plan_batches(spec, source, target, batch_size):
             _stop_if_requested(spec, report, stop_requested)
+            rejection_log.add(plan.rejected)
+            if not dry_run and _needs_write(plan, endpoints):
+                if before_write is not None:
+                    before_write()
+                _write(spec, endpoints, plan, report, log)
             report.batches += 1
             report.add_plan(plan, spec)
-            rejection_log.add(plan.rejected)
-            result = WriteResult()
-            if not dry_run and _needs_write(plan, endpoints):
-                result = _write(spec, endpoints, plan, report, log)
-            log.info(_batch_line(spec, report.batches, plan, result))
+            if plan.last_key is not None:
+                report.resume_after = plan.last_key
+            report.duration_s = already + time.perf_counter() - started
+            progress.tick()
             if batch_pause_s > 0 and not dry_run:
                 time.sleep(batch_pause_s)
     finally:
-        # Release both reads now, not whenever the garbage collector finalizes them.
+        # Stop both read-aheads now (they close their cursors), not whenever the process exits.
         _close_streams(spec, log, source, target)
     rejection_log.log_overflow()
-    report.duration_s = time.perf_counter() - started
+    report.duration_s = already + time.perf_counter() - started
     log.info(report.summary())
     return report
+
+
+class _Progress:
+    """A progress line every `PROGRESS_INTERVAL_S`: rows done of the estimated total, rate and ETA."""
+
+    def __init__(self, pipeline: str, log: logging.Logger | Any, total: int | None, report: SyncReport) -> None:
+        self.pipeline = pipeline
+        self.logger = log
+        self.total = total
+        self.report = report
+        self.started = time.perf_counter()
+        self.rows_before = report.source_rows
+        self.last_line = self.started
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if now - self.last_line < PROGRESS_INTERVAL_S:
+            return
+        self.last_line = now
+        self.logger.info(self.line(now))
+
+    def line(self, now: float) -> str:
+        report = self.report
+        done = report.source_rows
+        rate = (done - self.rows_before) / (now - self.started) if now > self.started else 0.0
+        head = f"{self.pipeline} sync progress: {done:,} source rows"
+        if self.total:
+            # The total is the database's estimate: a table that grew can pass 100%.
+            left = max(self.total - done, 0)
+            eta = f"ETA {_duration(left / rate)}" if rate > 0 else "ETA unknown"
+            head += f" of ~{self.total:,} ({min(done / self.total, 1.0):.0%}), {rate:,.0f} rows/s, {eta}"
+        else:
+            head += f", {rate:,.0f} rows/s"
+        return f"{head}; {written(report.inserted, report.updated, report.deleted)}"
+
+
+def _duration(seconds: float) -> str:
+    """`1h02m`, `3m05s` or `42s`."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class _RejectionLog:
@@ -215,26 +326,16 @@ def _needs_write(plan: BatchPlan, endpoints: SyncEndpoints) -> bool:
 
 def _write(
     spec: SyncSpec, endpoints: SyncEndpoints, plan: BatchPlan, report: SyncReport, log: logging.Logger | Any
-) -> WriteResult:
+) -> None:
     """Write one plan, add what it did to `report`, and log each record the target refused."""
     result = endpoints.write(plan)
     report.add_write(result)
     for rejection in result.rejected:
         log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
-    return result
-
-
-def _batch_line(spec: SyncSpec, number: int, plan: BatchPlan, result: WriteResult) -> str:
-    """The log line of one batch: its classes, then what was written."""
-    return (
-        f"{spec.name} batch {number}: source_rows={plan.source_rows}, "
-        f"{classes({change: plan.count(change) for change in Change})}; "
-        f"{written(result.inserted, result.updated, result.deleted)}"
-    )
 
 
 def _close_streams(spec: SyncSpec, log: logging.Logger | Any, *streams: object) -> None:
-    """Close the endpoints' read streams (cursors, pooled connections) at the end of a sync.
+    """Close the read-aheads (and with them the cursors and pooled connections) at the end of a sync.
 
     After a fault, closing a cursor on a dead connection fails too: that is logged at debug
     level rather than raised over the error that stopped the sync.

@@ -73,26 +73,28 @@ def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance)
     assert (got["inserted"], got["updated"]) == (6, 12)
 
 
-def test_the_batch_lines_add_up_to_the_summary_class_by_class(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_progress_lines_count_up_to_the_summary_with_the_estimated_total(
+    dbs: Databases, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plant_drift(dbs)
     dbs.product_db.products.insert_one(product_doc(price="not a number"))
+    monkeypatch.setattr("etl_defs.sync.runner.PROGRESS_INTERVAL_S", 0.0)  # a line after every batch
 
     result = run_product_sync(instance, batch_size=7)
 
     assert result.success
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
-    batch_lines = [m for m in messages if re.match(r"products batch \d+: ", m)]
+    lines = [m for m in messages if m.startswith("products sync progress: ")]
     [summary] = [m for m in messages if m.startswith("products sync applied: ")]
-    assert len(batch_lines) == figures(result)["batches"] > 1
-
-    def counts(line: str) -> dict[str, int]:
-        return {name: int(value) for name, value in re.findall(r"(\w+)=(\d+)", line)}
-
-    added = {name: sum(counts(line)[name] for line in batch_lines) for name in counts(batch_lines[0])}
-    in_summary = counts(summary)
-    assert set(added) == set(in_summary)  # the same classes and write figures, named the same
-    assert added == in_summary
-    assert in_summary["rejected"] == 1 and in_summary["changed"] == 12
+    assert len(lines) == figures(result)["batches"] > 1
+    done = [int(re.search(r"progress: ([\d,]+) source rows", line).group(1).replace(",", "")) for line in lines]
+    assert done == sorted(done) and done[-1] == figures(result)["source_rows"]
+    total = dbs.product_db.products.estimated_document_count()
+    assert all(f" of ~{total:,} (" in line and " rows/s, ETA " in line for line in lines)
+    last_written = dict(re.findall(r"(inserted|updated|deleted)=(\d+)", lines[-1]))
+    assert last_written == dict(re.findall(r"(inserted|updated|deleted)=(\d+)", summary))
+    assert last_written["inserted"] == "6" and last_written["updated"] == "12"
+    assert not [m for m in messages if re.match(r"products batch \d+: ", m)]  # no line per batch
 
 
 def test_a_real_run_records_a_materialization_with_numeric_figures(
