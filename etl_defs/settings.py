@@ -83,12 +83,9 @@ class SyncSettings(BaseModel):
     enable_scheduler: bool = Field(default=True, alias="ENABLE_SCHEDULER")
     sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
     cart_sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="CART_SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
-    mongodb_fetch_size: int = Field(
-        default=mongo.DEFAULT_FETCH_SIZE, alias="MONGODB_FETCH_SIZE", ge=1, le=mongo.MAX_FETCH_SIZE
-    )
-    postgres_fetch_size: int = Field(
-        default=postgres.DEFAULT_FETCH_SIZE, alias="POSTGRES_FETCH_SIZE", ge=1, le=postgres.MAX_FETCH_SIZE
-    )
+    # Unset: each read asks the server for one batch per round trip.
+    mongodb_fetch_size: int | None = Field(default=None, alias="MONGODB_FETCH_SIZE", ge=1, le=mongo.MAX_FETCH_SIZE)
+    postgres_fetch_size: int | None = Field(default=None, alias="POSTGRES_FETCH_SIZE", ge=1, le=postgres.MAX_FETCH_SIZE)
     timezone: str = Field(default="UTC", alias="TIMEZONE")
 
     @field_validator("product_mongodb_url", "order_mongodb_url")

@@ -17,8 +17,7 @@ from pymongo.errors import AutoReconnect, ConnectionFailure, CursorNotFound, PyM
 
 from resources.errors import DatabaseUnavailableError, first_line
 
-#: Documents the server is asked for per round trip (`find` and each `getMore`) of a streamed read.
-DEFAULT_FETCH_SIZE = 1000
+#: The most documents a streamed read may ask the server for per round trip.
 MAX_FETCH_SIZE = 100_000
 #: pymongo errors that mean "the server is not there", worth a retry.
 MONGO_CONNECTION_ERRORS = (ConnectionFailure, AutoReconnect, ServerSelectionTimeoutError)
@@ -47,8 +46,11 @@ class MongoResource(dg.ConfigurableResource):
     socket_timeout_ms: int = Field(default=120_000, ge=1)
     server_selection_timeout_ms: int = Field(default=5_000, ge=1)
     max_pool_size: int = Field(default=10, ge=1)
-    fetch_size: int = Field(
-        default=DEFAULT_FETCH_SIZE, ge=1, le=MAX_FETCH_SIZE, description="Documents per getMore of a streamed read"
+    fetch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_FETCH_SIZE,
+        description="Documents per round trip (find, getMore) of a streamed read; unset: the read's batch size",
     )
 
     _client: MongoClient | None = PrivateAttr(default=None)
@@ -101,14 +103,19 @@ class MongoResource(dg.ConfigurableResource):
     ) -> Iterator[list[dict[str, Any]]]:
         """Matching documents in ascending `order_by` order, as lists of `batch_size`.
 
-        The server is asked for `fetch_size` documents per round trip, whatever the batch.
+        The server is asked for `fetch_size` documents per round trip (unset: `batch_size`).
         `hint` names the index to walk for an unbounded scan, where a server might otherwise
         plan a collection scan and an in-memory sort. Leave it out when `query` bounds the
         sorted field: every server then walks the index between the bounds, whereas a hint
         makes some (the embedded SecantusDB) walk the whole index.
         """
         with self.translated_errors():
-            cursor = self.collection(collection).find(query, projection).sort(order_by, 1).batch_size(self.fetch_size)
+            cursor = (
+                self.collection(collection)
+                .find(query, projection)
+                .sort(order_by, 1)
+                .batch_size(self.fetch_size or batch_size)
+            )
             if hint is not None:
                 cursor = cursor.hint(hint)
             with cursor:

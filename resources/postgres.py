@@ -16,8 +16,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from resources.errors import DatabaseUnavailableError, SyncAlreadyRunningError, first_line
 
-#: Rows fetched per round trip of a server-side cursor.
-DEFAULT_FETCH_SIZE = 2000
+#: The most rows a server-side cursor may fetch per round trip.
 MAX_FETCH_SIZE = 100_000
 #: First half of every advisory lock key this service takes (ASCII "ETLS").
 ADVISORY_LOCK_NAMESPACE = 0x45544C53
@@ -79,8 +78,11 @@ class PostgresResource(dg.ConfigurableResource):
     label: str = Field(default="Cart PostgreSQL", description="Name used in logs and errors")
     connect_timeout_s: int = Field(default=10, ge=1)
     pool_size: int = Field(default=4, ge=1)
-    fetch_size: int = Field(
-        default=DEFAULT_FETCH_SIZE, ge=1, le=MAX_FETCH_SIZE, description="Rows per FETCH of a server-side cursor"
+    fetch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_FETCH_SIZE,
+        description="Rows per FETCH of a server-side cursor; unset: the scan's batch size",
     )
     application_name: str = "etl-sync"
 
@@ -149,14 +151,16 @@ class PostgresResource(dg.ConfigurableResource):
         self, query: str, params: Sequence[Any] = (), *, batch_size: int, cursor_name: str = "etl_sync_scan"
     ) -> Iterator[list[tuple[Any, ...]]]:
         """The query's rows through a server-side cursor, as lists of `batch_size`: memory
-        holds one batch, whatever the table size. Each round trip fetches `fetch_size` rows."""
+        holds one batch, whatever the table size. Each round trip fetches `fetch_size` rows
+        (unset: `batch_size`)."""
+        fetch_size = self.fetch_size or batch_size
         with self.connection() as conn:
             conn.autocommit = False
             with conn.cursor(name=cursor_name) as cursor:
-                cursor.itersize = self.fetch_size
+                cursor.itersize = fetch_size
                 cursor.execute(query, params)
                 batch: list[tuple[Any, ...]] = []
-                while rows := cursor.fetchmany(self.fetch_size):
+                while rows := cursor.fetchmany(fetch_size):
                     batch.extend(rows)
                     while len(batch) >= batch_size:
                         yield batch[:batch_size]

@@ -146,3 +146,31 @@ def test_lock_session_cut_mid_run(faults: FaultStack, start_job: StartJob, insta
     written_unlocked = [m for m in logs[:retry_at] if m.startswith("products batch ") and "inserted=" in m]
     assert len(written_unlocked) <= committed + 1  # at most the batch in flight when the lock went
     scenario.assert_converged()
+
+
+def test_a_retry_resumes_after_the_last_written_batch_and_reports_the_whole_run(
+    faults: FaultStack, start_job: StartJob, instance: dg.DagsterInstance
+) -> None:
+    scenario = ProductScenario.plant(faults, PRODUCTS, BATCH)
+    planned = start_job("product_sync_job", {"batch_size": BATCH, "dry_run": True}).result()
+    assert planned.success
+    run = start_job("product_sync_job", SLOW)
+    wait_until("3 batches are committed", lambda: scenario.applied_batches() >= 3)
+
+    faults.main.stop_mongo()
+    faults.main.start_mongo()
+    result = run.result()
+
+    assert_retried_and_succeeded(result)
+    scenario.assert_converged()
+    logged = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
+    observed = [entry.dagster_event.asset_observation_data.asset_observation for entry in logged]
+    [checkpoint] = [o.metadata[ops.CHECKPOINT_KEY].value for o in observed if ops.CHECKPOINT_KEY in o.metadata]
+    assert checkpoint["batches"] >= 3 and checkpoint["inserted"] + checkpoint["updated"] > 0
+    resumed = f"products sync resumes after key {checkpoint['resume_after']!r}"
+    assert any(resumed in entry.user_message for entry in instance.all_logs(result.run_id)), resumed
+    # One run's figures, every key counted once: as the dry run planned them before the fault.
+    done, plan = result.output_for_node("sync_products"), planned.output_for_node("sync_products")
+    classes = ("source_rows", "missing", "changed", "unchanged", "orphaned", "rejected")
+    assert {name: done[name] for name in classes} == {name: plan[name] for name in classes}
+    assert (done["inserted"], done["updated"]) == (plan["missing"], plan["changed"])

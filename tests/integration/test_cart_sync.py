@@ -26,7 +26,7 @@ from local.report import CART_JOIN_SQL, cart_drift
 from local.stack import CART_DB, ORDER_DB
 from resources import MongoResource, PostgresResource
 from tests.factories import Cart, expected_doc, new_cart, new_product
-from tests.helpers import copy_carts, copy_products, defs
+from tests.helpers import MongoCommand, copy_carts, copy_products, defs, mongo_commands
 from tests.session import Databases
 
 LONG_AGO = datetime(2024, 1, 1, tzinfo=UTC)
@@ -292,6 +292,76 @@ def test_user_id_touches_only_that_users_carts_on_both_sides(dbs: Databases, ins
     assert theirs.missing.id not in docs
     out = figures(result)
     assert (out["source_rows"], out["inserted"], out["updated"], out["orphaned"], out["deleted"]) == (7, 1, 2, 1, 1)
+
+
+def on_carts(commands: list[MongoCommand], *names: str) -> list[MongoCommand]:
+    """The commands named `names` on the Order DB's `carts` (a getMore names it under `collection`)."""
+    return [c for c in commands if c.name in names and "carts" in (c.body.get(c.name), c.body.get("collection"))]
+
+
+def test_a_users_sync_reads_only_that_users_order_documents(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    plant_drift(dbs, user="user-1")
+    for other in range(30):
+        plant_drift(dbs, user=f"someone-else-{other}")
+    theirs = order_carts(dbs).count_documents({"userId": "user-1"})
+
+    with mongo_commands() as commands:
+        result = run_job(instance, "cart_sync_job", user_id="user-1")
+
+    assert result.success
+    assert figures(result)["source_rows"] == 7
+    reads = on_carts(commands, "find", "getMore")
+    assert reads, "the sync read nothing from the Order DB"
+    assert sum(c.returned for c in reads) == theirs == 5
+    assert all(c.body["filter"] == {"userId": "user-1"} for c in on_carts(commands, "find"))
+
+
+def test_every_cart_write_names_one_cart_id_beside_plain_conditions(
+    dbs: Databases, instance: dg.DagsterInstance
+) -> None:
+    """Each update and delete is answered through the unique `cartId` index on any server:
+    an equality (or `$in`) on `cartId`, and no `$or`/`$not`, which the embedded server answers
+    with a scan of the whole collection per update."""
+    drift = plant_drift(dbs)
+    order_carts(dbs).update_one({"cartId": drift.unchanged.id}, {"$unset": {"version": ""}})  # an unusable version
+
+    with mongo_commands() as commands:
+        result = run_job(instance, "cart_sync_job", prune_orphans=True)
+
+    assert result.success
+    filters = [u["q"] for c in on_carts(commands, "update") for u in c.body["updates"]]
+    filters += [d["q"] for c in on_carts(commands, "delete") for d in c.body["deletes"]]
+    assert len(filters) == 4  # the outdated, the changed, the versionless (now outdated) cart, the orphan
+    for where in filters:
+        assert isinstance(where["cartId"], str) or set(where["cartId"]) == {"$in"}, where
+        assert not {"$or", "$not", "$nor", "$where", "$expr"} & set(json.dumps(where, default=str).split('"')), where
+
+
+def test_an_outdated_cart_with_an_unusable_version_is_updated_unless_it_changed_after_the_plan(
+    dbs: Databases,
+) -> None:
+    drift = plant_drift(dbs)
+    cup, teapot = drift.products[drift.outdated.productId], drift.products[drift.unchanged.productId]
+    versionless, text = new_cart(cup, version=2), new_cart(teapot, version=5)
+    raced = new_cart(cup, version=3)
+    insert_carts(dbs, versionless, text, raced)
+    no_version = {k: v for k, v in expected_doc(versionless, cup).items() if k != "version"}
+    insert_order_docs(
+        dbs, no_version, {**expected_doc(text, teapot), "version": "5"}, {**expected_doc(raced, cup), "version": None}
+    )
+    with sync_endpoints(dbs) as endpoints:
+        (plan,) = plan_batches(CART_SYNC, endpoints.source_batches(100), endpoints.target_batches(100), 100)
+        assert {row.cartId for row, _ in plan.outdated} == {drift.outdated.id, versionless.id, text.id, raced.id}
+        # Meanwhile the Order service writes the raced cart at a version of its own.
+        order_carts(dbs).update_one({"cartId": raced.id}, {"$set": {"version": 4, "cartQuantity": 7}})
+
+        result = endpoints.write(plan)
+
+    assert (result.updated, result.newer_in_target) == (4, 1)
+    docs = order_docs(dbs)
+    assert synced(docs[versionless.id]) == expected_doc(versionless, cup)
+    assert synced(docs[text.id]) == expected_doc(text, teapot)
+    assert (docs[raced.id]["version"], docs[raced.id]["cartQuantity"]) == (4, 7)
 
 
 def test_a_user_id_is_a_value_never_part_of_the_query(dbs: Databases, instance: dg.DagsterInstance) -> None:
