@@ -161,6 +161,9 @@ class PostgresResource(dg.ConfigurableResource):
                 cursor.execute(query, params)
                 batch: list[tuple[Any, ...]] = []
                 while rows := cursor.fetchmany(fetch_size):
+                    if not batch and len(rows) == batch_size:
+                        yield rows  # the usual case: one fetch is one batch
+                        continue
                     batch.extend(rows)
                     while len(batch) >= batch_size:
                         yield batch[:batch_size]

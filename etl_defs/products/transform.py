@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -84,9 +85,36 @@ def _row(doc: Mapping[str, Any], key: str) -> ProductRow:
     return ProductRow(key, title, price, image, seller, quantity)
 
 
+def _valid_row(doc: Mapping[str, Any], _id: ObjectId) -> ProductRow | None:
+    """The row of a document that is plainly valid (exact types, values in range), else None.
+
+    This runs once per product, so it checks the common case in one expression; anything
+    it does not accept goes through `_row`, which accepts or rejects it with a reason.
+    """
+    title, price, image = doc.get("title"), doc.get("price"), doc.get("image")
+    seller, quantity = doc.get("sellerId"), doc.get("quantity")
+    if (
+        type(title) is str
+        and type(price) is int
+        and type(image) is str
+        and type(seller) is ObjectId
+        and type(quantity) is int
+        and MIN_PRICE <= price <= PG_INT_MAX
+        and 0 <= quantity <= PG_INT_MAX
+        and title
+        and not title.isspace()
+        and "\x00" not in title
+        and "\x00" not in image
+    ):
+        return ProductRow(str(_id), title, price, image, str(seller), quantity)
+    return None
+
+
 def transform_product(doc: Mapping[str, Any]) -> ProductRow | Rejection:
     """The `product` row for a Product document, or a `Rejection` saying why there is none."""
     _id = doc.get("_id")
+    if type(_id) is ObjectId and (row := _valid_row(doc, _id)) is not None:
+        return row
     if not isinstance(_id, ObjectId):
         return Rejection(key=repr(_id)[:100], reason=f"_id must be an ObjectId, got {_type_name(_id)}", ordered=False)
     key = str(_id)
@@ -96,11 +124,12 @@ def transform_product(doc: Mapping[str, Any]) -> ProductRow | Rejection:
         return Rejection(key=key, reason=str(invalid))
 
 
-def product_key(row: ProductRow) -> str:
-    """The row's key, as the merge compares it."""
-    return row.id
+#: A row's key, as the merge compares it: its first column, `id` (a `ProductRow` or a plain
+#: tuple read from the Cart DB in the same column order). `itemgetter` runs once per row of
+#: both sides without a Python call.
+product_key: Callable[[Sequence[Any]], str] = operator.itemgetter(0)
 
 
-def compare_products(source: ProductRow, target: ProductRow) -> Change:
+def compare_products(source: ProductRow, target: Sequence[Any]) -> Change:
     """UNCHANGED when every column matches, else CHANGED."""
     return Change.UNCHANGED if source == target else Change.CHANGED

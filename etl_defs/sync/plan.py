@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 Raw = TypeVar("Raw")
 Row = TypeVar("Row")
@@ -120,49 +120,42 @@ class BatchPlan(Generic[Row, Tgt]):
                 return [spec.source_key(row) for row, _ in self.newer_in_target]
 
 
-class _OrderGuard:
-    """Fails loudly when one side's keys stop increasing."""
-
-    def __init__(self, side: str) -> None:
-        self.side = side
-        self.previous: str | None = None
-
-    def check(self, key: str) -> None:
-        if self.previous is not None and key <= self.previous:
-            raise KeyOrderError(
-                f"{self.side} keys out of order: {key!r} arrived after {self.previous!r}; "
-                'both sides must be ordered by key as bytes (COLLATE "C" / ObjectId order)'
-            )
-        self.previous = key
+def _out_of_order(side: str, key: str, previous: str) -> KeyOrderError:
+    return KeyOrderError(
+        f"{side} keys out of order: {key!r} arrived after {previous!r}; "
+        'both sides must be ordered by key as bytes (COLLATE "C" / ObjectId order)'
+    )
 
 
-def _ordered(batches: Iterable[Sequence[Tgt]], key: Callable[[Tgt], str]) -> Iterator[tuple[str, Tgt]]:
-    """Target records as (key, record), checked to arrive in increasing key order."""
-    guard = _OrderGuard("target")
-    for batch in batches:
-        for item in batch:
-            current = key(item)
-            guard.check(current)
-            yield current, item
+class _Targets(Generic[Tgt]):
+    """The target side of the merge: the current record and its key (None once exhausted),
+    checked to arrive in strictly increasing key order."""
 
+    __slots__ = ("_batch", "_batches", "_index", "_key_of", "item", "key")
 
-def _transformed(
-    batches: Iterable[Sequence[Raw]], spec: SyncSpec[Raw, Row, Tgt]
-) -> Iterator[tuple[str, Row | Rejection]]:
-    """Source records as (key, row or rejection); unorderable rejections get key ``""``."""
-    guard = _OrderGuard("source")
-    for batch in batches:
-        for raw in batch:
-            result = spec.transform(raw)
-            if isinstance(result, Rejection):
-                if not result.ordered:
-                    yield "", result
-                    continue
-                current = result.key
-            else:
-                current = spec.source_key(result)
-            guard.check(current)
-            yield current, result
+    def __init__(self, batches: Iterable[Sequence[Tgt]], key_of: Callable[[Tgt], str]) -> None:
+        self._batches = iter(batches)
+        self._key_of = key_of
+        self._batch: Sequence[Tgt] = ()
+        self._index = -1
+        self.key: str | None = None
+        self.item: Tgt | None = None
+        self.advance()
+
+    def advance(self) -> None:
+        """Move to the next record (across batches)."""
+        self._index += 1
+        while self._index >= len(self._batch):
+            batch = next(self._batches, None)
+            if batch is None:
+                self.key = self.item = None
+                return
+            self._batch, self._index = batch, 0
+        item = self._batch[self._index]
+        key = self._key_of(item)
+        if self.key is not None and key <= self.key:
+            raise _out_of_order("target", key, self.key)
+        self.key, self.item = key, item
 
 
 def plan_batches(
@@ -173,91 +166,92 @@ def plan_batches(
 ) -> Iterator[BatchPlan[Row, Tgt]]:
     """Merge both sides and yield plans of at most `batch_size` classified keys.
 
-    Every source record and every target record is classified exactly once. Memory holds
-    one plan and one batch of each side, whatever the table sizes. Like the rest of the
-    planning this runs lazily: even a bad `batch_size` is reported on the first `next()`.
+    Every source record and every target record is classified exactly once: one walk of
+    both ordered sides, each read one record ahead. A target record whose key is below the
+    next source key is an orphan; an unorderable rejection is classified where it arrives,
+    without consuming a target record. Memory holds one plan and one batch of each side,
+    whatever the table sizes. Like the rest of the planning this runs lazily: even a bad
+    `batch_size` is reported on the first `next()`.
+
+    This loop runs once per row of both tables, so it is written as one loop, not a chain
+    of generators.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    merged = _merged(_transformed(source_batches, spec), _ordered(target_batches, spec.target_key))
-    yield from _chunked(spec, merged, batch_size)
-
-
-def _merged(
-    source: Iterator[tuple[str, Row | Rejection]], target: Iterator[tuple[str, Tgt]]
-) -> Iterator[tuple[str, Row | Rejection | None, Tgt | None]]:
-    """Walk both ordered sides once, yielding one `(key, source item, target item)` per key.
-
-    A side that has no record under the key gives None. An unorderable rejection is yielded
-    as `("", rejection, None)` where it arrives, without consuming a target record. Each
-    side is read one record ahead of what has been yielded.
-    """
-    upcoming = next(target, None)
-    for key, item in source:
-        if isinstance(item, Rejection) and not item.ordered:
-            yield key, item, None
-            continue
-        while upcoming is not None and upcoming[0] < key:
-            orphan_key, orphan = upcoming
-            upcoming = next(target, None)
-            yield orphan_key, None, orphan
-        if upcoming is not None and upcoming[0] == key:
-            matched: Tgt | None = upcoming[1]
-            upcoming = next(target, None)
-        else:
-            matched = None
-        yield key, item, matched
-    while upcoming is not None:
-        orphan_key, orphan = upcoming
-        upcoming = next(target, None)
-        yield orphan_key, None, orphan
+    transform, source_key = spec.transform, spec.source_key
+    targets = _Targets(target_batches, spec.target_key)
+    plan: BatchPlan[Row, Tgt] = BatchPlan()
+    size = 0  # plan.size, counted here: each merged key lands in exactly one class
+    previous: str | None = None  # the last ordered source key
+    for batch in source_batches:
+        for raw in batch:
+            result = transform(raw)
+            if isinstance(result, Rejection):
+                if not result.ordered:
+                    plan.rejected.append(result)
+                    size += 1
+                    if size >= batch_size:
+                        yield plan
+                        plan, size = BatchPlan(), 0
+                    continue
+                key = result.key
+            else:
+                key = source_key(result)
+            if previous is not None and key <= previous:
+                raise _out_of_order("source", key, previous)
+            previous = key
+            while targets.key is not None and targets.key < key:
+                plan.orphaned.append(targets.item)  # type: ignore[arg-type] - set whenever key is
+                plan.last_key = targets.key
+                targets.advance()
+                size += 1
+                if size >= batch_size:
+                    yield plan
+                    plan, size = BatchPlan(), 0
+            if targets.key == key:
+                matched: Tgt | None = targets.item
+                targets.advance()
+            else:
+                matched = None
+            _classify(spec, plan, key, result, matched)
+            plan.last_key = key
+            size += 1
+            if size >= batch_size:
+                yield plan
+                plan, size = BatchPlan(), 0
+    while targets.key is not None:
+        plan.orphaned.append(targets.item)  # type: ignore[arg-type]
+        plan.last_key = targets.key
+        targets.advance()
+        size += 1
+        if size >= batch_size:
+            yield plan
+            plan, size = BatchPlan(), 0
+    if size:
+        yield plan
 
 
 def _classify(
     spec: SyncSpec[Raw, Row, Tgt],
     plan: BatchPlan[Row, Tgt],
     key: str,
-    source: Row | Rejection | None,
+    source: Row | Rejection,
     target: Tgt | None,
 ) -> None:
-    """Add one merged key to `plan`, under exactly one class."""
-    if source is None:
-        plan.orphaned.append(cast(Tgt, target))  # an orphan always has its target record
-    elif isinstance(source, Rejection):
+    """Add one source key (and the target record under it, if any) to `plan`, under exactly one class."""
+    if isinstance(source, Rejection):
         plan.rejected.append(source)  # a matched target record is consumed, not orphaned
     elif target is None:
         plan.missing.append(source)
     else:
         change = spec.compare(source, target)
-        match change:
-            case Change.UNCHANGED:
-                plan.unchanged.append(key)
-            case Change.CHANGED:
-                plan.changed.append((source, target))
-            case Change.OUTDATED:
-                plan.outdated.append((source, target))
-            case Change.NEWER_IN_TARGET:
-                plan.newer_in_target.append((source, target))
-            case _:
-                raise ValueError(f"compare() of {spec.name} returned {change!r} for a pair")
-
-
-def _chunked(
-    spec: SyncSpec[Raw, Row, Tgt],
-    merged: Iterator[tuple[str, Row | Rejection | None, Tgt | None]],
-    batch_size: int,
-) -> Iterator[BatchPlan[Row, Tgt]]:
-    """Classify the merged keys into plans, yielding each plan as soon as it holds `batch_size` keys."""
-    plan: BatchPlan[Row, Tgt] = BatchPlan()
-    size = 0  # plan.size, counted here: each merged key lands in exactly one class
-    for key, source, target in merged:
-        _classify(spec, plan, key, source, target)
-        if key:  # "" is an unorderable rejection, which has no place in the key order
-            plan.last_key = key
-        size += 1
-        if size >= batch_size:
-            yield plan
-            plan = BatchPlan()
-            size = 0
-    if size:
-        yield plan
+        if change is Change.UNCHANGED:
+            plan.unchanged.append(key)
+        elif change is Change.CHANGED:
+            plan.changed.append((source, target))
+        elif change is Change.OUTDATED:
+            plan.outdated.append((source, target))
+        elif change is Change.NEWER_IN_TARGET:
+            plan.newer_in_target.append((source, target))
+        else:
+            raise ValueError(f"compare() of {spec.name} returned {change!r} for a pair")

@@ -6,7 +6,10 @@ import math
 
 import pytest
 from bson import Decimal128, ObjectId
+from hypothesis import given
+from hypothesis import strategies as st
 
+from etl_defs.products import transform
 from etl_defs.products.transform import ProductRow, compare_products, transform_product
 from etl_defs.sync import Change, Rejection
 from tests.factories import DROP, expected_row, product_doc
@@ -103,3 +106,29 @@ def test_compare_reports_any_column_difference() -> None:
     assert compare_products(row, row) is Change.UNCHANGED
     assert compare_products(row, row._replace(price=101)) is Change.CHANGED
     assert compare_products(row, row._replace(quantity=0)) is Change.CHANGED
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**33), max_value=2**33),
+    st.floats(allow_nan=True),
+    st.text(max_size=4),
+    st.sampled_from(["", " ", "\x00", "Teapot", "a\x00b", "\u2003"]),
+    st.builds(ObjectId),
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from(["title", "price", "image", "sellerId", "quantity"]), _ANY_VALUE),
+    st.builds(ObjectId),
+)
+def test_the_fast_path_for_plainly_valid_documents_agrees_with_the_field_by_field_checks(
+    fields: dict, _id: ObjectId
+) -> None:
+    doc = {"_id": _id, **fields}
+    try:
+        expected: object = transform._row(doc, str(_id))
+    except transform._Invalid as invalid:
+        expected = Rejection(str(_id), str(invalid))
+    assert transform_product(doc) == expected
