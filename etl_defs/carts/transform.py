@@ -9,6 +9,7 @@ Order document found under the same `cartId`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -59,6 +60,9 @@ class CartRow(NamedTuple):
 
 #: The Order document fields a same-version comparison looks at (all but the key and version).
 COMPARED_FIELDS = tuple(name for name in CartRow._fields if name not in ("cartId", "version"))
+
+#: The compared fields of a `CartRow`, in `COMPARED_FIELDS` order, in one C call.
+_compared_values = operator.itemgetter(*(CartRow._fields.index(name) for name in COMPARED_FIELDS))
 
 #: Fields read from the Order MongoDB.
 CART_DOC_PROJECTION = {"_id": 0, **dict.fromkeys(CartRow._fields, 1)}
@@ -127,6 +131,20 @@ def compare_carts(source: CartRow, target: Mapping[str, Any]) -> Change:
       quantity changed, so `total` too): CHANGED;
     - otherwise UNCHANGED.
     """
+    found_version = target.get("version")
+    if type(found_version) is int and found_version == source.version:
+        # The usual case, a cart in step, checked without a Python call per field: every
+        # field equal and of the same type (so True is not 1) is UNCHANGED; anything
+        # else gets the field-by-field comparison below.
+        found = tuple(map(target.get, COMPARED_FIELDS))
+        expected = _compared_values(source)
+        if found == expected and tuple(map(type, found)) == tuple(map(type, expected)):
+            return Change.UNCHANGED
+    return _compare_field_by_field(source, target)
+
+
+def _compare_field_by_field(source: CartRow, target: Mapping[str, Any]) -> Change:
+    """`compare_carts` for any target document, one field at a time."""
     target_version = version_number(target.get("version"))
     if target_version is None or target_version < source.version:
         return Change.OUTDATED

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 from bson import Decimal128, Int64
+from hypothesis import given
+from hypothesis import strategies as st
 
+from etl_defs.carts import transform
 from etl_defs.carts.ops import CART_SYNC
 from etl_defs.carts.transform import CartRow, JoinedCart, compare_carts, transform_cart
 from etl_defs.sync import Change, Rejection, plan_batches
@@ -169,3 +172,29 @@ def test_the_cart_spec_plans_every_class_in_one_merge() -> None:
     assert [(row.cartId, doc["version"]) for row, doc in plan.newer_in_target] == [(ids[4], 2)]
     assert [r.key for r in plan.rejected] == [ids[5]]
     assert [doc["cartId"] for doc in plan.orphaned] == [ids[6]]
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=3),
+    st.floats(min_value=-3, max_value=3),
+    st.sampled_from(["", "a", "1"]),
+    st.builds(Int64, st.integers(min_value=-3, max_value=3)),
+    st.builds(Decimal128, st.sampled_from(["1", "2.5", "NaN"])),
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from([*CartRow._fields, "extra"]), _FIELD_VALUES, max_size=6),
+    st.sets(st.sampled_from(CartRow._fields), max_size=3),
+)
+def test_the_fast_comparison_of_a_cart_in_step_agrees_with_the_field_by_field_one(
+    changes: dict[str, Any], removed: set[str]
+) -> None:
+    source = CartRow("c-1", "u-1", "p-1", "Teapot", 1, "/t.png", "s-1", 1, 1, 1, 1)
+    target = {**source._asdict(), **changes}
+    for name in removed:
+        target.pop(name, None)
+
+    assert compare_carts(source, target) == transform._compare_field_by_field(source, target)
