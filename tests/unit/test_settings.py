@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from etl_defs.definitions import build_resources
 from etl_defs.settings import SettingsError, load_settings, mask_secrets
 from local.dagster_dev import DAGSTER
 from tests.session import REPO
@@ -48,6 +49,8 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
         ("SYNC_BATCH_SIZE", "abc", "SYNC_BATCH_SIZE='abc' Input should be a valid integer"),
         ("SYNC_BATCH_SIZE", "0", "SYNC_BATCH_SIZE='0' Input should be greater than or equal to 1"),
         ("CART_SYNC_BATCH_SIZE", "-5", "CART_SYNC_BATCH_SIZE='-5' Input should be greater than or equal to 1"),
+        ("MONGODB_FETCH_SIZE", "0", "MONGODB_FETCH_SIZE='0' Input should be greater than or equal to 1"),
+        ("POSTGRES_FETCH_SIZE", "200001", "POSTGRES_FETCH_SIZE='200001' Input should be less than or equal to 100000"),
         ("SYNC_CRON_SCHEDULE", "every minute", "SYNC_CRON_SCHEDULE='every minute' is not a five-field cron"),
         ("CART_SYNC_CRON_SCHEDULE", "61 * * * *", "CART_SYNC_CRON_SCHEDULE='61 * * * *' is not a five-field cron"),
         ("HEALTH_CHECK_CRON_SCHEDULE", "* * *", "HEALTH_CHECK_CRON_SCHEDULE='* * *' is not a five-field cron"),
@@ -147,3 +150,14 @@ def test_every_module_imports_with_an_empty_environment() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "LazyDefinitions"
+
+
+def test_the_fetch_sizes_reach_the_resources_and_default_to_the_batch() -> None:
+    default = build_resources(load_settings(GOOD))
+    assert default["product_db"].fetch_size is None and default["cart_db"].fetch_size is None
+    tuned = build_resources(load_settings({**GOOD, "MONGODB_FETCH_SIZE": "5000", "POSTGRES_FETCH_SIZE": "2000"}))
+    assert (tuned["product_db"].fetch_size, tuned["order_db"].fetch_size, tuned["cart_db"].fetch_size) == (
+        5000,
+        5000,
+        2000,
+    )
