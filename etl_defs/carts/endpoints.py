@@ -9,7 +9,9 @@ from typing import Any, NamedTuple
 
 import psycopg
 from pymongo import InsertOne, UpdateOne
+from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
+from pymongo.write_concern import WriteConcern
 
 from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow, JoinedCart, cart_doc_key, version_number
 from etl_defs.products.endpoints import product_schema_problems
@@ -196,13 +198,22 @@ class CartSyncEndpoints:
         update = {"$set": {**fields, "updatedAt": now}}
         return _Write(row.cartId, False, UpdateOne({"cartId": row.cartId, **self._user_filter, **guard}, update))
 
+    def _carts_to_write(self) -> Collection:
+        """`carts` with journaled writes (`j: true`, beside the URL's own write concern).
+
+        A write the server acknowledged must survive it crashing right after: a retried
+        step resumes after the last key it wrote, so a write lost from an unjournaled
+        server's last second (a mongod with `j: false`, the embedded server) would never
+        be made again. One journal flush per batch is cheap next to the batch itself.
+        """
+        collection = self.order_db.collection(ORDER_CARTS)
+        return collection.with_options(write_concern=WriteConcern(**{**collection.write_concern.document, "j": True}))
+
     def _bulk_write(self, writes: list[_Write], result: WriteResult) -> None:
         with self.order_db.translated_errors():
             try:
                 details = (
-                    self.order_db.collection(ORDER_CARTS)
-                    .bulk_write([write.op for write in writes], ordered=False)
-                    .bulk_api_result
+                    self._carts_to_write().bulk_write([write.op for write in writes], ordered=False).bulk_api_result
                 )
             except BulkWriteError as error:
                 details = error.details
@@ -231,7 +242,7 @@ class CartSyncEndpoints:
         if not gone:
             return
         with self.order_db.translated_errors():
-            deleted = self.order_db.collection(ORDER_CARTS).delete_many({"cartId": {"$in": gone}, **self._user_filter})
+            deleted = self._carts_to_write().delete_many({"cartId": {"$in": gone}, **self._user_filter})
         result.deleted += deleted.deleted_count
 
     def _absent_from_cart_db(self, keys: list[str]) -> list[str]:

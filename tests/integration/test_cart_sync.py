@@ -332,6 +332,8 @@ def test_every_cart_write_names_one_cart_id_beside_plain_conditions(
     filters = [u["q"] for c in on_carts(commands, "update") for u in c.body["updates"]]
     filters += [d["q"] for c in on_carts(commands, "delete") for d in c.body["deletes"]]
     assert len(filters) == 4  # the outdated, the changed, the versionless (now outdated) cart, the orphan
+    writes = on_carts(commands, "insert", "update", "delete")
+    assert all(c.body["writeConcern"]["j"] is True for c in writes)  # acknowledged means journaled
     for where in filters:
         assert isinstance(where["cartId"], str) or set(where["cartId"]) == {"$in"}, where
         assert not {"$or", "$not", "$nor", "$where", "$expr"} & set(json.dumps(where, default=str).split('"')), where
