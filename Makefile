@@ -102,3 +102,10 @@ down:
 clean:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m local clean; else rm -rf $(LOCAL_STATE_DIR); fi
 	rm -rf $(VENV)
+
+# The benchmark (benchmarks/run.py) on a private stack of its own; results in benchmarks/RESULTS.md.
+BENCH_SIZES ?= 200000 1000000
+.PHONY: bench
+bench: install
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test,bench]"
+	$(BIN)/python -m benchmarks.run --sizes $(BENCH_SIZES)

@@ -44,6 +44,8 @@ _SELECT = (
 )
 # uuid order is byte order of the 16 bytes, which is the order of their lowercase text.
 _ORDER = "ORDER BY c.id"
+#: The source query of a whole cart sync (the benchmark's bare scan reads it too).
+SCAN_SQL = f"{_SELECT} {_ORDER}"
 STILL_IN_CART_DB_SQL = "SELECT id::text FROM cart WHERE id = ANY(%s::uuid[])"
 
 

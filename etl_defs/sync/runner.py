@@ -247,28 +247,35 @@ def run_sync(
 
 
 class _Progress:
-    """A progress line every `PROGRESS_INTERVAL_S`: rows done of the estimated total, rate and ETA."""
+    """A progress line every `PROGRESS_INTERVAL_S`: rows done of the estimated total, the current rate, ETA.
+
+    The rate is measured over the window since the previous line (or since the first
+    batch): a server that prepares its whole answer before the first batch (the embedded
+    one does) makes a rate since the start meaningless at first, and a current rate is
+    what an ETA needs.
+    """
 
     def __init__(self, pipeline: str, log: logging.Logger | Any, total: int | None, report: SyncReport) -> None:
         self.pipeline = pipeline
         self.logger = log
         self.total = total
         self.report = report
-        self.started = time.perf_counter()
-        self.rows_before = report.source_rows
-        self.last_line = self.started
+        self.window: tuple[float, int] | None = None  # (time, rows done) where the current window began
 
     def tick(self) -> None:
         now = time.perf_counter()
-        if now - self.last_line < PROGRESS_INTERVAL_S:
+        if self.window is None:
+            self.window = (now, self.report.source_rows)
             return
-        self.last_line = now
-        self.logger.info(self.line(now))
+        began, rows_then = self.window
+        if now - began < PROGRESS_INTERVAL_S:
+            return
+        self.logger.info(self.line((self.report.source_rows - rows_then) / (now - began) if now > began else 0.0))
+        self.window = (now, self.report.source_rows)
 
-    def line(self, now: float) -> str:
+    def line(self, rate: float) -> str:
         report = self.report
         done = report.source_rows
-        rate = (done - self.rows_before) / (now - self.started) if now > self.started else 0.0
         head = f"{self.pipeline} sync progress: {done:,} source rows"
         if self.total:
             # The total is the database's estimate: a table that grew can pass 100%.

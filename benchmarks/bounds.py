@@ -1,0 +1,221 @@
+"""The bounds the sync must meet, evaluated on one run's raw figures; every ratio from the same run.
+
+A bound passes only when its figure is within the limit and every run it uses gave the
+exact answer. Per-size bounds are evaluated at every size; those stated "at 1M" at the
+largest size run (the record says which size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_RSS_MB = 200
+#: "Writes batched": at least this many documents per write command.
+MIN_DOCS_PER_WRITE_COMMAND = 10
+ORDER_NAMESPACE = "order.carts"
+
+Bound = dict[str, Any]
+
+
+def _bound(text: str, size: int, value: float | None, limit: float, ok: bool, verified: bool, note: str) -> Bound:
+    return {
+        "bound": text,
+        "size": size,
+        "value": None if value is None else round(value, 3),
+        "limit": limit,
+        "verified": verified,
+        "pass": ok and verified,
+        "note": note,
+    }
+
+
+def _ok(*runs: dict[str, Any]) -> bool:
+    return all(run["verify"]["ok"] for run in runs)
+
+
+def _wall(step: dict[str, Any]) -> float:
+    return step["cost"]["wall_s"]
+
+
+def scan_floor_s(products: dict[str, Any]) -> float:
+    """The bare-scan floor of the product sync: the slower of its two bare scans."""
+    return max(_wall(products["scan_source"]), _wall(products["scan_target"]))
+
+
+def fastest_dlt(products: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The dlt configuration with the shortest merge wall time among those that gave the exact answer."""
+    exact = [(name, run) for name, run in products["dlt"].items() if run["verify"]["ok"]]
+    return min(exact, key=lambda item: _wall(item[1]["merge"]), default=None)
+
+
+def _product_bounds(size: int, products: dict[str, Any], baseline: dict[str, Any]) -> list[Bound]:
+    sync, resync = products["sync"], products["resync"]
+    floor = scan_floor_s(products)
+    ratio = sync["summary"]["duration_s"] / floor
+    startup_excluded = (_wall(sync) - _wall(baseline)) / floor
+    resync_ratio = resync["summary"]["duration_s"] / floor
+    wrote = resync["summary"]["inserted"] + resync["summary"]["updated"] + resync["rows_written"]
+    cpu_beyond = sync["cost"]["client_cpu_s"] - baseline["cost"]["client_cpu_s"]
+    scan_cpu = products["scan_source"]["cost"]["client_cpu_s"]
+    floor_note = f"floor = max(bare source scan, bare target scan) = {floor:.2f}s"
+    return [
+        _bound(
+            "product sync run time <= 1.15x the bare-scan floor",
+            size,
+            ratio,
+            1.15,
+            ratio <= 1.15,
+            _ok(sync),
+            f"summary duration {sync['summary']['duration_s']:.2f}s; {floor_note}; "
+            f"wall minus the empty-run baseline: {startup_excluded:.2f}x",
+        ),
+        _bound(
+            "no-change re-sync writes nothing and its run time <= 1.10x the bare-scan floor",
+            size,
+            resync_ratio,
+            1.10,
+            resync_ratio <= 1.10 and wrote == 0,
+            _ok(resync),
+            f"inserted={resync['summary']['inserted']}, updated={resync['summary']['updated']}, "
+            f"rows with a newer xmin={resync['rows_written']}; {floor_note}",
+        ),
+        _bound(
+            "product sync client CPU beyond start-up <= 1.5x the bare source scan's",
+            size,
+            cpu_beyond / scan_cpu if scan_cpu else None,
+            1.5,
+            scan_cpu > 0 and cpu_beyond <= 1.5 * scan_cpu,
+            _ok(sync),
+            f"{sync['cost']['client_cpu_s']:.2f}s - baseline {baseline['cost']['client_cpu_s']:.2f}s "
+            f"= {cpu_beyond:.2f}s vs scan {scan_cpu:.2f}s",
+        ),
+    ]
+
+
+def _rss_bound(size: int, sizes: dict[str, Any]) -> Bound:
+    runs = {
+        "product sync": sizes["products"]["sync"],
+        "no-change re-sync": sizes["products"]["resync"],
+        "cart sync": sizes["carts"]["sync"],
+        "user_id sync": sizes["carts"]["user_sync"],
+    }
+    name, worst = max(runs.items(), key=lambda item: item[1]["cost"]["peak_rss_mb"])
+    peak = worst["cost"]["peak_rss_mb"]
+    return _bound(
+        f"peak RSS of every sync run <= {MAX_RSS_MB} MB",
+        size,
+        peak,
+        MAX_RSS_MB,
+        peak <= MAX_RSS_MB,
+        _ok(*runs.values()),
+        f"highest: {name}",
+    )
+
+
+def _largest_size_bounds(size: int, sizes: dict[str, Any], reference: dict[str, Any], ref_size: int) -> list[Bound]:
+    products, carts = sizes["products"], sizes["carts"]
+    at = "" if size == 1_000_000 else f" (stated at 1M; here at {size:,})"
+    bounds = [_dlt_bound(size, products, at)]
+    rss, ref_rss = products["sync"]["cost"]["peak_rss_mb"], reference["cost"]["peak_rss_mb"]
+    bounds.append(
+        _bound(
+            f"product sync peak RSS at the largest size <= 1.25x its value at {ref_size:,}{at}",
+            size,
+            rss / ref_rss,
+            1.25,
+            rss <= 1.25 * ref_rss,
+            _ok(products["sync"], reference),
+            f"{rss:.0f} MB vs {ref_rss:.0f} MB",
+        )
+    )
+    monitored = carts["sync_monitored"]
+    commands = sum(monitored["mongo"]["write_commands"].get(ORDER_NAMESPACE, {}).values())
+    written = sum(monitored["mongo"]["write_ops"].get(ORDER_NAMESPACE, {}).values())
+    bounds.append(
+        _bound(
+            f"cart sync MongoDB writes batched (>= {MIN_DOCS_PER_WRITE_COMMAND} documents per write command){at}",
+            size,
+            written / commands if commands else None,
+            MIN_DOCS_PER_WRITE_COMMAND,
+            commands > 0 and written >= MIN_DOCS_PER_WRITE_COMMAND * commands,
+            _ok(monitored),
+            f"{written} documents in {commands} write commands (monitored run)",
+        )
+    )
+    floor = _wall(carts["scan_order"]) + _wall(carts["bulk_write"])
+    duration = carts["sync"]["summary"]["duration_s"]
+    bounds.append(
+        _bound(
+            f"cart sync run time <= 1.3x (bare Order scan + bare bulk_write){at}",
+            size,
+            duration / floor,
+            1.3,
+            duration <= 1.3 * floor,
+            _ok(carts["sync"]),
+            f"summary duration {duration:.2f}s vs scan {_wall(carts['scan_order']):.2f}s "
+            f"+ bulk_write {_wall(carts['bulk_write']):.2f}s",
+        )
+    )
+    bounds.extend(_user_bounds(size, carts, at))
+    return bounds
+
+
+def _dlt_bound(size: int, products: dict[str, Any], at: str) -> Bound:
+    text = f"product sync faster than dlt's fastest configuration by >= 1.5x (walls with start-up){at}"
+    best = fastest_dlt(products)
+    if best is None:
+        return _bound(text, size, None, 1.5, False, False, "no dlt configuration gave the exact answer")
+    name, run = best
+    speedup = _wall(run["merge"]) / _wall(products["sync"])
+    note = f"dlt {name}: {_wall(run['merge']):.1f}s vs sync {_wall(products['sync']):.1f}s"
+    return _bound(text, size, speedup, 1.5, speedup >= 1.5, _ok(products["sync"]), note)
+
+
+def _user_bounds(size: int, carts: dict[str, Any], at: str) -> list[Bound]:
+    monitored, timed = carts["user_sync_monitored"], carts["user_sync"]
+    returned = monitored["mongo"]["documents_returned"].get(ORDER_NAMESPACE, 0)
+    expected = monitored["user_documents_before"]
+    duration = timed["summary"]["duration_s"]
+    return [
+        _bound(
+            f"user_id sync reads only that user's Order documents{at}",
+            size,
+            returned,
+            expected,
+            returned == expected,
+            _ok(monitored),
+            f"documents returned by find/getMore on {ORDER_NAMESPACE}: {returned}; the user's documents: {expected}",
+        ),
+        _bound(
+            f"user_id sync time < 0.5 s{at}",
+            size,
+            duration,
+            0.5,
+            duration < 0.5,
+            _ok(timed),
+            f"summary duration of the CLI run; source_rows={timed['summary'].get('source_rows')}",
+        ),
+    ]
+
+
+def evaluate(results: dict[str, Any]) -> list[Bound]:
+    """Every bound on `results` (as `benchmarks.run` records them)."""
+    sizes = sorted(results["sizes"], key=int)
+    baseline = results["baselines"]["product_sync_job"]
+    bounds: list[Bound] = []
+    for size in sizes:
+        bounds += _product_bounds(int(size), results["sizes"][size]["products"], baseline)
+        bounds.append(_rss_bound(int(size), results["sizes"][size]))
+    largest = sizes[-1]
+    ref_size = results["setup"]["rss_reference_size"]
+    bounds += _largest_size_bounds(int(largest), results["sizes"][largest], results["rss_reference"], ref_size)
+    return bounds
+
+
+def describe(bound: Bound) -> str:
+    """One line: PASS/FAIL, the bound, its figure and limit, and why."""
+    verdict = "PASS" if bound["pass"] else "FAIL"
+    value = "n/a" if bound["value"] is None else f"{bound['value']:g}"
+    wrong = "" if bound["verified"] else " [a run gave a WRONG answer]"
+    figure = f"{value} (limit {bound['limit']:g}){wrong}"
+    return f"{verdict}  {bound['bound']} @ {bound['size']:,}: {figure}; {bound['note']}"
