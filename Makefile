@@ -18,7 +18,7 @@ UI_PORT ?= 3000
 DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|: rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
 	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
-.PHONY: help install browser lint up seed report demo test ui shell screenshots down clean
+.PHONY: help install browser lint up seed report demo test ui shell screenshots bench down clean
 
 help:
 	@echo "make demo   set up, start the local stack, seed drift, run both syncs (dry, then for real)"
@@ -27,6 +27,7 @@ help:
 	@echo "make shell  a shell with the local stack's environment, for dagster commands in a terminal"
 	@echo "make seed   replace the local stack's data with the demo drift;  make report  the drift now"
 	@echo "make screenshots  PNGs of the UI on the demo data, into docs/"
+	@echo "make bench  the benchmark (sizes: BENCH_SIZES), into benchmarks/RESULTS.md and its plots"
 	@echo "make down   stop the local stack;  make clean  also delete it and the virtualenv"
 
 $(BIN)/.installed: pyproject.toml
@@ -105,7 +106,6 @@ clean:
 
 # The benchmark (benchmarks/run.py) on a private stack of its own; results in benchmarks/RESULTS.md.
 BENCH_SIZES ?= 200000 1000000
-.PHONY: bench
 bench: install
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test,bench]"
 	$(BIN)/python -m benchmarks.run --sizes $(BENCH_SIZES)

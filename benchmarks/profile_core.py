@@ -13,6 +13,7 @@ against the same data: only `run_sync`, `ProductSyncEndpoints` and the resources
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -41,9 +42,14 @@ endpoints = ProductSyncEndpoints(product_db, cart_db)
 run_sync(PRODUCT_SYNC, endpoints, batch_size=1000, dry_run=True, log=logging.getLogger())
 print(f"wall {time.perf_counter() - started:.2f}s, client CPU {time.process_time() - cpu:.2f}s", flush=True)
 """
-#: Frames of the interpreter's start-up and imports, left out of the shares.
-START_UP = ("<frozen importlib", "<module> (<string>:")
+#: Frames of imports, left out of the shares (the child's own script is `<module> (<string>)`).
+START_UP = ("<frozen importlib",)
 TOP = 25
+
+
+def _function(frame: str) -> str:
+    """`name (file:line)` -> `name (file)`: samples add up per function, not per line."""
+    return re.sub(r":\d+\)$", ")", frame)
 
 
 def shares(raw: Path) -> tuple[int, Counter[str], Counter[str]]:
@@ -55,7 +61,7 @@ def shares(raw: Path) -> tuple[int, Counter[str], Counter[str]]:
         stack, _, count = line.rpartition(" ")
         if any(marker in stack for marker in START_UP):
             continue
-        frames = stack.split(";")
+        frames = [_function(frame) for frame in stack.split(";")]
         total += int(count)
         own[frames[-1]] += int(count)
         for frame in set(frames):

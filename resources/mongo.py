@@ -42,7 +42,14 @@ class MongoResource(dg.ConfigurableResource):
     label: str = Field(default="MongoDB", description="Name used in logs and errors, e.g. 'Product MongoDB'")
     username: str | None = Field(default=None, description="Overrides the URL's user when set")
     password: str | None = Field(default=None, description="Overrides the URL's password when set")
-    connect_timeout_ms: int = Field(default=5_000, ge=1)
+    connect_timeout_ms: int = Field(
+        default=20_000,
+        ge=1,
+        description=(
+            "Connecting, and answering pymongo's heartbeat: a server that takes longer to answer one (busy, or in a "
+            "long pause) is taken for down, and the operations in flight on it are cancelled"
+        ),
+    )
     socket_timeout_ms: int = Field(default=120_000, ge=1)
     server_selection_timeout_ms: int = Field(default=5_000, ge=1)
     max_pool_size: int = Field(default=10, ge=1)
