@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -17,6 +17,7 @@ from etl_defs.carts.transform import CartRow
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
+from resources.postgres import copy_rows
 
 INSERT_CHUNK = 10_000
 WRITE_CHUNK = 1000
@@ -37,14 +38,6 @@ def products_collection(stack: LocalStack) -> Collection:
 
 def carts_collection(stack: LocalStack) -> Collection:
     return stack.mongo_client()[ORDER_DB][ORDER_CARTS]
-
-
-def copy_into(conn: psycopg.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """COPY `rows` into `table` in the connection's transaction."""
-    quoted = ", ".join(f'"{column}"' for column in columns)
-    with conn.cursor().copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
 
 
 def reset(stack: LocalStack) -> None:
@@ -71,7 +64,7 @@ def seed_products(stack: LocalStack, products: int) -> None:
         collection.insert_many(chunk, ordered=False)
     collection.database.client.close()
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
-        copy_into(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, data.drifted_product_rows(products))
+        copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, data.drifted_product_rows(products))
         conn.commit()
 
 
@@ -79,7 +72,7 @@ def load_exact_products(stack: LocalStack, products: int) -> None:
     """Replace the Cart DB's products with exactly what a correct sync leaves (carts must be empty)."""
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
         conn.execute(f"TRUNCATE {CART_TABLE}, {PRODUCT_TABLE}")
-        copy_into(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, map(data.product_row, range(products)))
+        copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, map(data.product_row, range(products)))
         conn.commit()
 
 
@@ -87,7 +80,7 @@ def seed_carts(stack: LocalStack, carts: int, products: int) -> None:
     """`carts` carts in the Cart DB and their drifted Order DB documents (5% missing, 5% outdated, 1% stale)."""
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
         rows = (data.cart_row(index, carts, products) for index in range(carts))
-        copy_into(conn, CART_TABLE, CART_COLUMNS, rows)
+        copy_rows(conn, CART_TABLE, CART_COLUMNS, rows)
         conn.commit()
     collection = carts_collection(stack)
     docs = (
