@@ -217,7 +217,7 @@ def run_sync(
     after = report.resume_after
     if after is not None:
         log.info(f"{spec.name} sync resumes after key {after!r} ({report.source_rows} source rows done before)")
-    progress = _Progress(spec.name, log, endpoints.estimated_source_rows() if after is None else None, report)
+    progress = _Progress(spec.name, log, endpoints.estimated_source_rows(), report)
     source = ReadAhead(endpoints.source_batches(batch_size, after), depth=READ_AHEAD_BATCHES, name="sync-source")
     target = ReadAhead(endpoints.target_batches(batch_size, after), depth=READ_AHEAD_BATCHES, name="sync-target")
     rejection_log = _RejectionLog(spec.name, log)
