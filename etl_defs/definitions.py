@@ -39,7 +39,7 @@ def build_definitions(settings: SyncSettings) -> dg.Definitions:
         asset_checks=build_asset_checks(settings),
         jobs=[*sync_jobs, validation_job],
         schedules=build_schedules(settings, *sync_jobs),
-        sensors=build_sensors(settings),
+        sensors=build_sensors(settings, sync_jobs[0]),
         resources=build_resources(settings),
     )
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from etl_defs.carts.ops import check_cart_sync_ready, sync_carts
 from etl_defs.products.ops import check_product_sync_ready, sync_products
-from etl_defs.run_config import CartSyncOpConfig, SyncOpConfig, allowed, launchpad_schema
+from etl_defs.run_config import CartSyncOpConfig, ProductSyncOpConfig, SyncOpConfig, allowed, launchpad_schema
 from etl_defs.settings import SyncSettings
 from etl_defs.tags import PIPELINE_TAG
 
@@ -32,17 +32,25 @@ def _op_config(config: dict[str, Any], model: type[SyncOpConfig] = SyncOpConfig)
         problems = []
         for problem in error.errors():
             name = str(problem["loc"][0])
-            problems.append(f"{name}={fields.get(name)!r}: {problem['msg']}{allowed(model, name)}")
+            message = problem["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}={_shown(fields.get(name))}: {message}{allowed(model, name)}")
         raise InvalidRunConfigError(f"invalid run config: {'; '.join(problems)}") from None
     return {"config": validated.model_dump()}
+
+
+def _shown(value: Any) -> str:
+    """A run config value as the refusal quotes it: a long list is cut short."""
+    if isinstance(value, list) and len(value) > 3:
+        return f"[{', '.join(repr(item) for item in value[:3])}, ... ({len(value)} items)]"
+    return repr(value)
 
 
 def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
     """`product_sync_job`: check both databases, then sync products into the Cart DB."""
 
-    @dg.config_mapping(config_schema=launchpad_schema(SyncOpConfig, batch_size=settings.sync_batch_size))
+    @dg.config_mapping(config_schema=launchpad_schema(ProductSyncOpConfig, batch_size=settings.sync_batch_size))
     def product_sync_config(config: dict[str, Any]) -> dict[str, Any]:
-        return {"ops": {"sync_products": _op_config(config)}}
+        return {"ops": {"sync_products": _op_config(config, ProductSyncOpConfig)}}
 
     @dg.job(
         config=product_sync_config,

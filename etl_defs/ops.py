@@ -3,12 +3,15 @@
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
 from etl_defs.run_config import SyncOpConfig
-from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, SyncStopped, run_sync
+from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncScope, SyncSpec, SyncStopped, run_sync
+from etl_defs.sync.scope import WHOLE_TABLE
+from etl_defs.tags import OLDEST_CHANGE_TAG
 from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
 #: A database that went away is retried this often, with exponential backoff.
@@ -17,12 +20,17 @@ RETRY_BASE_DELAY_S = 2.0
 #: How often, at most, a sync asks the instance whether its run is being terminated.
 TERMINATION_POLL_S = 1.0
 _TERMINATING = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+#: The metadata key that says what a sync covered (`SyncScope.kind`): `table`, `user` or `keys`.
+SCOPE_KEY = "scope"
 
 
-def report_metadata(report: SyncReport) -> dict[str, Any]:
-    """Numeric figures (same keys every run, so the UI plots them) plus sample keys."""
+def report_metadata(report: SyncReport, scope: SyncScope = WHOLE_TABLE) -> dict[str, Any]:
+    """Numeric figures (same keys every run, so the UI plots them) plus the scope and sample keys."""
     metadata: dict[str, Any] = dict(report.figures())
     metadata["dry_run"] = report.dry_run
+    metadata[SCOPE_KEY] = scope.kind
+    if scope.keys is not None:
+        metadata["keys"] = len(scope.keys)
     metadata["sample_keys"] = dg.MetadataValue.json(
         {change.value: report.samples[change] for change in Change if report.samples[change]}
     )
@@ -85,6 +93,7 @@ def run_sync_op(
     endpoints: SyncEndpoints,
     lock_db: PostgresResource,
     asset_key: dg.AssetKey,
+    scope: SyncScope = WHOLE_TABLE,
 ) -> dg.Output[dict[str, Any]]:
     """Run one sync inside an op and report it the Dagster way.
 
@@ -124,10 +133,29 @@ def run_sync_op(
         # Dagster's own way to end a terminated step: the run ends CANCELED, not FAILED.
         context.log.warning(str(stopped))
         raise dg.DagsterExecutionInterruptedError(str(stopped)) from None
-    metadata = report_metadata(report)
+    metadata = report_metadata(report, scope)
     if not config.dry_run:
+        lag = change_lag_s(context)
+        if lag is not None:
+            metadata["change_lag_s"] = round(lag, 3)
+            context.log.info(
+                f"repaired {report.inserted + report.updated} of {len(scope.keys or ())} changed keys; "
+                f"{lag:.1f}s from the oldest change to this commit"
+            )
         context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
     return dg.Output(report.figures(), metadata=metadata)
+
+
+def change_lag_s(context: dg.OpExecutionContext) -> float | None:
+    """Seconds from the oldest change a change sensor requested this run for, to now (None: no such tag)."""
+    oldest = context.run.tags.get(OLDEST_CHANGE_TAG)
+    if oldest is None:
+        return None
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds()
+    except ValueError:
+        context.log.warning(f"tag {OLDEST_CHANGE_TAG}={oldest!r} is not an ISO timestamp: no lag recorded")
+        return None
 
 
 #: The metadata key of the observation that records how far an interrupted sync got.

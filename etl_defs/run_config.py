@@ -4,9 +4,13 @@ import types
 from typing import Any, Union, get_args, get_origin
 
 import dagster as dg
-from pydantic import Field
+from bson import ObjectId
+from pydantic import Field, field_validator
 
 from etl_defs.settings import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
+
+#: The most keys one keyed sync run takes: past it, run the sync over the whole table.
+MAX_SYNC_KEYS = 10_000
 
 
 class SyncOpConfig(dg.Config):
@@ -17,6 +21,33 @@ class SyncOpConfig(dg.Config):
         default=DEFAULT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Keys per batch and transaction"
     )
     batch_pause_ms: int = Field(default=0, ge=0, le=60_000, description="Pause after each written batch (ms)")
+
+
+class ProductSyncOpConfig(SyncOpConfig):
+    """Run config of the product sync op."""
+
+    keys: list[str] | None = Field(
+        default=None,
+        description=f"Only these product ids (ObjectId hex), at most {MAX_SYNC_KEYS}; unset: every product",
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _product_ids(cls, keys: list[str] | None) -> list[str] | None:
+        if keys is None:
+            return None
+        if not keys:
+            raise ValueError("give at least one product id, or leave keys out to sync every product")
+        if len(keys) > MAX_SYNC_KEYS:
+            raise ValueError(
+                f"{len(keys)} keys is more than the {MAX_SYNC_KEYS} one run takes: "
+                "split them over several runs, or leave keys out to sync every product"
+            )
+        bad = [key for key in keys if not (isinstance(key, str) and len(key) == 24 and ObjectId.is_valid(key))]
+        if bad:
+            shown = ", ".join(repr(key) for key in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise ValueError(f"product ids are 24 hex digits (an ObjectId); not: {shown}")
+        return sorted({key.lower() for key in keys})
 
 
 class CartSyncOpConfig(SyncOpConfig):
@@ -39,10 +70,13 @@ def allowed(model: type[dg.Config], name: str) -> str:
 
 
 def _dagster_type(annotation: Any) -> Any:
-    """`bool`, `int`, `str` as they are; `X | None` as `dg.Noneable(X)`."""
+    """`bool`, `int`, `str` as they are; `list[X]` as `[X]`; `X | None` as `dg.Noneable(X)`."""
     if get_origin(annotation) in (Union, types.UnionType):
         [inner] = [arg for arg in get_args(annotation) if arg is not type(None)]
-        return dg.Noneable(inner)
+        return dg.Noneable(_dagster_type(inner))
+    if get_origin(annotation) is list:
+        [inner] = get_args(annotation)
+        return [_dagster_type(inner)]
     return annotation
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from etl_defs.health import ping_all
+from etl_defs.products.sensors import CHANGES_TRIGGER
 from etl_defs.settings import SyncSettings
 from etl_defs.tags import TRIGGER_TAG
 from resources import MongoResource, PostgresResource
@@ -22,12 +23,24 @@ IN_FLIGHT_STATUSES = [
 ]
 
 
+#: Unfinished runs looked at per job, at most, for one that is not a keyed repair.
+_IN_FLIGHT_LOOKBACK = 20
+
+
 def in_flight_run(instance: dg.DagsterInstance, job_names: Sequence[str]) -> dg.DagsterRun | None:
-    """An unfinished run of one of `job_names` (the first name's first), if there is one."""
+    """An unfinished run of one of `job_names` (the first name's first), if there is one.
+
+    Keyed repairs a change sensor requested do not count: they are short and frequent, and
+    a whole-table sync, the safety net, must not be skipped for them (the run queue and the
+    advisory lock still keep the two from writing at once).
+    """
     for job_name in job_names:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES), limit=1)
-        if runs:
-            return runs[0]
+        runs = instance.get_runs(
+            filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES), limit=_IN_FLIGHT_LOOKBACK
+        )
+        for run in runs:
+            if run.tags.get(TRIGGER_TAG) != CHANGES_TRIGGER:
+                return run
     return None
 
 

@@ -1,4 +1,5 @@
-"""Sensors: database health (the old health cron and `/health` routes) and validation after each sync.
+"""Sensors: database health (the old health cron and `/health` routes), validation after each sync, and the
+product change sensor (in `etl_defs.products.sensors`).
 
 Why a cron-aligned sensor for health, and materializations rather than run status for
 validation: docs/automation.md.
@@ -13,6 +14,8 @@ from croniter import croniter
 
 from etl_defs.checks import CART_CHECKS, PRODUCT_CHECKS, validation_job
 from etl_defs.health import Health, health_of_tables, ping_all
+from etl_defs.ops import SCOPE_KEY
+from etl_defs.products.sensors import build_product_changes_sensor
 from etl_defs.settings import SyncSettings
 from etl_defs.tags import VALIDATES_JOB_TAG, VALIDATES_RUN_TAG
 from resources import MongoResource, PostgresResource
@@ -101,6 +104,38 @@ def _validated_up_to(cursor: str | None) -> dict[str, int]:
     return {key: value for key, value in saved.items() if isinstance(value, int)} if isinstance(saved, dict) else {}
 
 
+#: Materializations read per page, looking for the newest whole-table sync.
+_MATERIALIZATION_PAGE = 100
+
+
+def _newest_whole_table_sync(
+    instance: dg.DagsterInstance, target: dg.AssetKey, after: int | None
+) -> tuple[dg.EventLogRecord | None, int | None]:
+    """The newest materialization of `target` after storage id `after` by a sync of the whole
+    table (or one user's carts), and the newest storage id seen at all (None: nothing new).
+
+    A keyed sync (change capture) repaired a handful of keys: validating the whole table after
+    each would cost O(table) per change, so those are left to the next whole-table sync.
+    """
+    newest_id: int | None = None
+    page_cursor: str | None = None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=target, after_storage_id=after),
+            limit=_MATERIALIZATION_PAGE,
+            cursor=page_cursor,
+        )  # newest first
+        for record in page.records:
+            newest_id = record.storage_id if newest_id is None else newest_id
+            materialization = record.asset_materialization
+            scope = materialization.metadata.get(SCOPE_KEY) if materialization is not None else None
+            if scope is None or getattr(scope, "value", scope) != "keys":
+                return record, newest_id
+        if not page.has_more:
+            return None, newest_id
+        page_cursor = page.cursor
+
+
 def build_validate_after_sync_sensor() -> dg.SensorDefinition:
     """`validate_after_sync_sensor`: request a table's checks after each new materialization of it."""
 
@@ -120,13 +155,11 @@ def build_validate_after_sync_sensor() -> dg.SensorDefinition:
         requests = []
         for target, check_keys in CHECKS_OF_TARGET.items():
             name = target.to_user_string()
-            newest = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=target, after_storage_id=validated.get(name)), limit=1
-            ).records
-            if not newest:
+            record, newest_id = _newest_whole_table_sync(context.instance, target, validated.get(name))
+            if newest_id is not None:
+                validated[name] = newest_id
+            if record is None:
                 continue
-            record = newest[0]
-            validated[name] = record.storage_id
             job_name = record.event_log_entry.job_name or "?"
             context.log.info(f"{name} was materialized by {job_name} run {record.run_id}: validating it")
             requests.append(
@@ -138,16 +171,20 @@ def build_validate_after_sync_sensor() -> dg.SensorDefinition:
             )
         if not requests:
             return dg.SensorResult(
-                skip_reason="no sync wrote "
+                skip_reason="no whole-table sync wrote "
                 + " or ".join(t.to_user_string() for t in CHECKS_OF_TARGET)
-                + " since the last validation",
-                cursor=context.cursor,
+                + " since the last validation (keyed syncs are left to the next whole-table one)",
+                cursor=json.dumps(validated, sort_keys=True),
             )
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(validated, sort_keys=True))
 
     return validate_after_sync_sensor
 
 
-def build_sensors(settings: SyncSettings) -> list[dg.SensorDefinition]:
-    """The health sensor and the validation-after-sync sensor."""
-    return [build_databases_health_sensor(settings), build_validate_after_sync_sensor()]
+def build_sensors(settings: SyncSettings, product_sync_job: dg.JobDefinition) -> list[dg.SensorDefinition]:
+    """The health sensor, the validation-after-sync sensor and the product change sensor."""
+    return [
+        build_databases_health_sensor(settings),
+        build_validate_after_sync_sensor(),
+        build_product_changes_sensor(settings, product_sync_job),
+    ]

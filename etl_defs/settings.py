@@ -27,6 +27,9 @@ Status = TypeVar("Status", bound=Enum)
 
 DEFAULT_BATCH_SIZE = 1000
 MAX_BATCH_SIZE = 100_000
+#: Bounds of a change-capture sensor's interval (seconds between two ticks).
+MIN_CDC_INTERVAL_S = 1
+MAX_CDC_INTERVAL_S = 3600
 
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
@@ -87,6 +90,9 @@ class SyncSettings(BaseModel):
     mongodb_fetch_size: int | None = Field(default=None, alias="MONGODB_FETCH_SIZE", ge=1, le=mongo.MAX_FETCH_SIZE)
     postgres_fetch_size: int | None = Field(default=None, alias="POSTGRES_FETCH_SIZE", ge=1, le=postgres.MAX_FETCH_SIZE)
     timezone: str = Field(default="UTC", alias="TIMEZONE")
+    product_cdc_interval_seconds: int = Field(
+        default=30, alias="PRODUCT_CDC_INTERVAL_SECONDS", ge=MIN_CDC_INTERVAL_S, le=MAX_CDC_INTERVAL_S
+    )
 
     @field_validator("product_mongodb_url", "order_mongodb_url")
     @classmethod

@@ -7,3 +7,5 @@ TRIGGER_TAG = "etl-sync/trigger"
 #: On a validation run: the sync run and job whose writes it validates.
 VALIDATES_RUN_TAG = "etl-sync/validates-run"
 VALIDATES_JOB_TAG = "etl-sync/validates-job"
+#: On a keyed run a change sensor requested: the cluster time of the oldest change it covers (ISO 8601).
+OLDEST_CHANGE_TAG = "etl-sync/oldest-change-at"

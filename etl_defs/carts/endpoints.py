@@ -17,6 +17,7 @@ from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow, JoinedCart, c
 from etl_defs.products.endpoints import product_schema_problems
 from etl_defs.sync.plan import BatchPlan, Rejection
 from etl_defs.sync.runner import WriteResult
+from etl_defs.sync.scope import WHOLE_TABLE, SyncScope
 from resources import MongoResource, PostgresResource
 from resources.postgres import column_type_problems
 
@@ -103,35 +104,48 @@ class _Write(NamedTuple):
 class CartSyncEndpoints:
     """Streams joined carts from PostgreSQL and `carts` documents from MongoDB; writes in bulk.
 
-    `user_id` (a value, never spliced into a query) narrows both sides to one user's carts.
-    Orphans are deleted only when `prune_orphans` is true.
+    `scope` narrows both sides: to one user's carts (the user id is a value, never spliced
+    into a query) or to a set of cart ids. Orphans are deleted only when `prune_orphans` is true.
     """
 
     def __init__(
         self,
         cart_db: PostgresResource,
         order_db: MongoResource,
-        user_id: str | None = None,
+        scope: SyncScope = WHOLE_TABLE,
         prune_orphans: bool = False,
     ) -> None:
         self.cart_db = cart_db
         self.order_db = order_db
-        self.user_id = user_id
+        self.scope = scope
         self.prunes_orphans = prune_orphans
 
     @property
     def _user_filter(self) -> dict[str, Any]:
-        return {} if self.user_id is None else {"userId": self.user_id}
+        return {} if self.scope.user_id is None else {"userId": self.scope.user_id}
 
     def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[JoinedCart]]:
-        """Carts joined with their product in `cart.id` order, through a server-side cursor."""
+        """Carts joined with their product in `cart.id` order, through a server-side cursor.
+
+        A keyed scope reads `c.id = ANY(chunk)` per chunk of `batch_size` keys (a key that is
+        not a uuid cannot be in the Cart DB, so it is not asked for).
+        """
+        if self.scope.keys is not None:
+            for chunk in self.scope.key_chunks(batch_size, after):
+                yield from self._joined_carts(
+                    ["c.id = ANY(%s::uuid[])"], [[k for k in chunk if _is_canonical_uuid(k)]], batch_size
+                )
+            return
         conditions, params = [], []
-        if self.user_id is not None:
+        if self.scope.user_id is not None:
             conditions.append('c."userId" = %s')
-            params.append(self.user_id)
+            params.append(self.scope.user_id)
         if after is not None:
             conditions.append("c.id > %s::uuid")
             params.append(after)
+        yield from self._joined_carts(conditions, params, batch_size)
+
+    def _joined_carts(self, conditions: list[str], params: list[Any], batch_size: int) -> Iterator[list[JoinedCart]]:
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         scan = self.cart_db.scan_in_batches(
             f"{_SELECT}{where} {_ORDER}", params, batch_size=batch_size, cursor_name="cart_sync_scan"
@@ -144,11 +158,14 @@ class CartSyncEndpoints:
 
         Only string `cartId`s take part: the Cart DB's keys are uuids as text, and mixing
         BSON types would break the byte order the merge relies on. A whole sync walks the
-        `cartId_1` index; one user's carts come through the `userId` index and are sorted
-        here (a user has few), so a user's sync costs O(their carts), not a walk of every cart.
+        `cartId_1` index. One user's carts come through the `userId` index, and a chunk of
+        keys through `cartId $in`, and are sorted here (they are few), so a narrowed sync
+        costs O(its carts), not a walk of every cart.
         """
-        if self.user_id is not None:
-            return self._one_users_documents(batch_size, after)
+        if self.scope.user_id is not None:
+            return self._sorted_documents({"userId": self.scope.user_id}, batch_size, after)
+        if self.scope.keys is not None:
+            return self._documents_of_keys(batch_size, after)
         query, hint = (
             ({"cartId": {"$type": "string"}}, CART_ID_INDEX) if after is None else ({"cartId": {"$gt": after}}, None)
         )
@@ -156,10 +173,16 @@ class CartSyncEndpoints:
             ORDER_CARTS, query, CART_DOC_PROJECTION, order_by="cartId", hint=hint, batch_size=batch_size
         )
 
-    def _one_users_documents(self, batch_size: int, after: str | None) -> Iterator[list[dict[str, Any]]]:
-        # No sort and no hint: the equality on `userId` is answered by its index on every server.
+    def _documents_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[dict[str, Any]]]:
+        for chunk in self.scope.key_chunks(batch_size, after):
+            yield from self._sorted_documents({"cartId": {"$in": chunk}}, batch_size, after)
+
+    def _sorted_documents(
+        self, query: dict[str, Any], batch_size: int, after: str | None
+    ) -> Iterator[list[dict[str, Any]]]:
+        # No sort and no hint: an equality on `userId` or `cartId $in` is answered by its index on every server.
         with self.order_db.translated_errors():
-            found = list(self.order_db.collection(ORDER_CARTS).find({"userId": self.user_id}, CART_DOC_PROJECTION))
+            found = list(self.order_db.collection(ORDER_CARTS).find(query, CART_DOC_PROJECTION))
         documents = sorted(
             (doc for doc in found if isinstance(doc.get("cartId"), str) and (after is None or doc["cartId"] > after)),
             key=cart_doc_key,
@@ -168,7 +191,9 @@ class CartSyncEndpoints:
             yield documents[start : start + batch_size]
 
     def estimated_source_rows(self) -> int | None:
-        return None if self.user_id is not None else self.cart_db.estimated_rows(CART_TABLE)
+        if self.scope.keys is not None:
+            return len(self.scope.keys)
+        return None if self.scope.user_id is not None else self.cart_db.estimated_rows(CART_TABLE)
 
     def write(self, plan: BatchPlan[CartRow, Mapping[str, Any]]) -> WriteResult:
         """One unordered bulk write: insert missing, update outdated and changed under a version guard.

@@ -9,7 +9,8 @@ from etl_defs.carts.endpoints import CartSyncEndpoints, cart_schema_problems, or
 from etl_defs.carts.transform import cart_doc_key, cart_key, compare_carts, transform_cart
 from etl_defs.ops import check_sync_ready, run_sync_op
 from etl_defs.run_config import CartSyncOpConfig
-from etl_defs.sync import SyncSpec
+from etl_defs.sync import SyncScope, SyncSpec
+from etl_defs.sync.scope import WHOLE_TABLE
 from resources import MongoResource, PostgresResource
 
 CART_SYNC = SyncSpec(
@@ -46,13 +47,16 @@ def check_cart_sync_ready(context: dg.OpExecutionContext, cart_db: PostgresResou
 def sync_carts(
     context: dg.OpExecutionContext, config: CartSyncOpConfig, cart_db: PostgresResource, order_db: MongoResource
 ) -> dg.Output[dict[str, Any]]:
-    scope = f"user {config.user_id!r}" if config.user_id is not None else "every user"
-    context.log.info(f"cart sync of {scope}; orphans are {'deleted' if config.prune_orphans else 'only counted'}")
+    scope = SyncScope.of_user(config.user_id) if config.user_id is not None else WHOLE_TABLE
+    context.log.info(
+        f"cart sync of {scope.describe()}; orphans are {'deleted' if config.prune_orphans else 'only counted'}"
+    )
     return run_sync_op(
         context,
         config,
         spec=CART_SYNC,
-        endpoints=CartSyncEndpoints(cart_db, order_db, user_id=config.user_id, prune_orphans=config.prune_orphans),
+        endpoints=CartSyncEndpoints(cart_db, order_db, scope, prune_orphans=config.prune_orphans),
+        scope=scope,
         lock_db=cart_db,
         asset_key=ORDER_DB_CARTS,
     )

@@ -20,11 +20,14 @@ from etl_defs.products.table import (
 from etl_defs.products.transform import PRODUCT_PROJECTION
 from etl_defs.sync.plan import BatchPlan, Rejection
 from etl_defs.sync.runner import WriteResult
+from etl_defs.sync.scope import WHOLE_TABLE, SyncScope
 from resources import MongoResource, PostgresResource
 from resources.postgres import column_type_problems, copy_rows
 
 SCAN_SQL = f'{SELECT_PRODUCTS_SQL} ORDER BY id COLLATE "C"'
 SCAN_AFTER_SQL = f'{SELECT_PRODUCTS_SQL} WHERE id COLLATE "C" > %s ORDER BY id COLLATE "C"'
+#: The rows of a set of keys (one chunk of a keyed sync), through the primary key.
+KEYED_SQL = f'{SELECT_PRODUCTS_SQL} WHERE id = ANY(%s) ORDER BY id COLLATE "C"'
 STAGE = "product_sync_stage"
 STAGE_SQL = product_table_ddl(STAGE, staging=True)
 _UPDATABLE = [c for c in PRODUCT_COLUMNS if c != "id"]
@@ -46,32 +49,59 @@ def product_schema_problems(conn: psycopg.Connection) -> list[str]:
 
 
 class ProductSyncEndpoints:
-    """Streams products from MongoDB and product rows from PostgreSQL; writes in bulk."""
+    """Streams products from MongoDB and product rows from PostgreSQL; writes in bulk.
+
+    `scope` is the whole table or a set of product ids (ObjectId hex); products have no user.
+    """
 
     prunes_orphans = False  # product orphans may still be in carts: counted, never deleted
 
-    def __init__(self, product_db: MongoResource, cart_db: PostgresResource) -> None:
+    def __init__(self, product_db: MongoResource, cart_db: PostgresResource, scope: SyncScope = WHOLE_TABLE) -> None:
+        if scope.user_id is not None:
+            raise ValueError("a product sync covers the whole table or a set of keys: products have no user")
         self.product_db = product_db
         self.cart_db = cart_db
+        self.scope = scope
 
     def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[dict[str, Any]]]:
         """Product documents in `_id` order (the `_id_` index walk), `batch_size` at a time.
 
         After a key, only ObjectId `_id`s above it are read (BSON compares types first): the
-        unorderable `_id`s were read, and rejected, by the sync that got that far.
+        unorderable `_id`s were read, and rejected, by the sync that got that far. A keyed
+        scope reads `{_id: {$in: chunk}}` per chunk of `batch_size` keys.
         """
+        if self.scope.keys is not None:
+            return self._documents_of_keys(batch_size, after)
         query, hint = ({}, "_id_") if after is None else ({"_id": {"$gt": ObjectId(after)}}, None)
         return self.product_db.find_in_batches(
             "products", query, PRODUCT_PROJECTION, order_by="_id", hint=hint, batch_size=batch_size
         )
 
+    def _documents_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[dict[str, Any]]]:
+        for chunk in self.scope.key_chunks(batch_size, after):
+            query = {"_id": {"$in": [ObjectId(key) for key in chunk]}}
+            yield from self.product_db.find_in_batches(
+                "products", query, PRODUCT_PROJECTION, order_by="_id", batch_size=batch_size
+            )
+
     def target_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[tuple[Any, ...]]]:
         """`product` rows in `id COLLATE "C"` order through a server-side cursor, as plain tuples in
-        `ProductRow` order (they compare equal to a `ProductRow`; making one per row costs CPU)."""
+        `ProductRow` order (they compare equal to a `ProductRow`; making one per row costs CPU).
+        A keyed scope reads `id = ANY(chunk)` per chunk of `batch_size` keys."""
+        if self.scope.keys is not None:
+            return self._rows_of_keys(batch_size, after)
         query, params = (SCAN_SQL, ()) if after is None else (SCAN_AFTER_SQL, (after,))
         return self.cart_db.scan_in_batches(query, params, batch_size=batch_size, cursor_name="product_sync_scan")
 
+    def _rows_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[tuple[Any, ...]]]:
+        for chunk in self.scope.key_chunks(batch_size, after):
+            yield from self.cart_db.scan_in_batches(
+                KEYED_SQL, (chunk,), batch_size=batch_size, cursor_name="product_sync_keys"
+            )
+
     def estimated_source_rows(self) -> int | None:
+        if self.scope.keys is not None:
+            return len(self.scope.keys)
         return self.product_db.estimated_count("products")
 
     def write(self, plan: BatchPlan[ProductRow, tuple[Any, ...]]) -> WriteResult:

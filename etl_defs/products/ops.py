@@ -8,8 +8,9 @@ from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.ops import check_sync_ready, run_sync_op
 from etl_defs.products.endpoints import ProductSyncEndpoints, product_schema_problems
 from etl_defs.products.transform import compare_products, product_key, transform_product
-from etl_defs.run_config import SyncOpConfig
-from etl_defs.sync import SyncSpec
+from etl_defs.run_config import ProductSyncOpConfig
+from etl_defs.sync import SyncScope, SyncSpec
+from etl_defs.sync.scope import WHOLE_TABLE
 from resources import MongoResource, PostgresResource
 
 PRODUCT_SYNC = SyncSpec(
@@ -40,16 +41,22 @@ def check_product_sync_ready(
 
 @dg.op(
     ins={"ready": dg.In(dg.Nothing)},
-    description="Insert missing and update changed products in the Cart DB, in bulk; count orphans and rejects.",
+    description=(
+        "Insert missing and update changed products (all, or the given keys) in the Cart DB, in bulk; "
+        "count orphans and rejects."
+    ),
 )
 def sync_products(
-    context: dg.OpExecutionContext, config: SyncOpConfig, product_db: MongoResource, cart_db: PostgresResource
+    context: dg.OpExecutionContext, config: ProductSyncOpConfig, product_db: MongoResource, cart_db: PostgresResource
 ) -> dg.Output[dict[str, Any]]:
+    scope = SyncScope.of_keys(config.keys) if config.keys is not None else WHOLE_TABLE
+    context.log.info(f"product sync of {scope.describe()}")
     return run_sync_op(
         context,
         config,
         spec=PRODUCT_SYNC,
-        endpoints=ProductSyncEndpoints(product_db, cart_db),
+        endpoints=ProductSyncEndpoints(product_db, cart_db, scope),
+        scope=scope,
         lock_db=cart_db,
         asset_key=CART_DB_PRODUCT,
     )
