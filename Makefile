@@ -18,7 +18,7 @@ UI_PORT ?= 3000
 DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|: rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
 	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
-.PHONY: help install browser lint up seed report demo test ui shell screenshots bench down clean
+.PHONY: help install browser lint up seed report demo cdc-demo test ui shell screenshots bench down clean
 
 help:
 	@echo "make demo   set up, start the local stack, seed drift, run both syncs (dry, then for real)"
@@ -26,6 +26,7 @@ help:
 	@echo "make ui     the Dagster UI on the local stack (http://$(UI_HOST):$(UI_PORT); UI_HOST, UI_PORT)"
 	@echo "make shell  a shell with the local stack's environment, for dagster commands in a terminal"
 	@echo "make seed   replace the local stack's data with the demo drift;  make report  the drift now"
+	@echo "make cdc-demo  a price changed in MongoDB, repaired by product_changes_sensor's run (CDC_INTERVAL s)"
 	@echo "make screenshots  PNGs of the UI on the demo data, into docs/"
 	@echo "make bench  the benchmark (sizes: BENCH_SIZES), into benchmarks/RESULTS.md and its plots"
 	@echo "make down   stop the local stack;  make clean  also delete it and the virtualenv"
@@ -93,6 +94,12 @@ ui: up
 shell: up
 	@echo "A shell with the local stack's environment (DAGSTER_HOME, DAGSTER_PG_URL, the database URLs); exit to leave."
 	@$(WITH_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" exec "$${SHELL:-/bin/bash}" -i
+
+# The change sensor's interval in the demo (PRODUCT_CDC_INTERVAL_SECONDS; the service's default is 30).
+CDC_INTERVAL ?= 10
+
+cdc-demo: seed
+	@PRODUCT_CDC_INTERVAL_SECONDS=$(CDC_INTERVAL) $(BIN)/python -m local.cdc_demo
 
 screenshots: seed browser
 	$(BIN)/python -m local.screenshots

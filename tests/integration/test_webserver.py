@@ -16,10 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from local.cdc_demo import change_a_price_and_wait, start_sensor, stop_sensor
 from local.dagster_dev import DagsterDev
 from tests.factories import expected_row, product_doc
+from tests.helpers import copy_products
 from tests.integration.helpers import dagster_job_execute, run_id_of
 from tests.session import Databases
+
+#: What launching a queued run may take on a busy two-core machine: the daemon's dequeue and the run's process.
+RUN_START_UP_S = 60
 
 RUNS_TAGGED = """
 query RunsTagged($key: String!, $value: String!) {
@@ -160,3 +165,26 @@ def test_graphql_answers_hold_no_secret(dbs: Databases, dagster_dev: DagsterDev)
     assert all(name in answer for name in resources)  # resources show the variables' names...
     leaked = [secret for secret in TEST_SECRETS if secret in answer]
     assert leaked == []  # ...and never their values
+
+
+def test_the_daemon_runs_the_change_sensor_and_its_run_repairs_a_changed_price_within_an_interval(
+    dbs: Databases, dagster_dev: DagsterDev
+) -> None:
+    docs = [product_doc() for _ in range(5)]
+    dbs.product_db.products.insert_many(docs)
+    with dbs.cart_conn() as conn:
+        copy_products(conn, [expected_row(doc) for doc in docs])
+    interval = int(dagster_dev.env["PRODUCT_CDC_INTERVAL_SECONDS"])
+
+    start_sensor(dagster_dev)
+    try:
+        repair = change_a_price_and_wait(dagster_dev, dbs.stack, docs[2]["_id"], timeout=interval + RUN_START_UP_S)
+    finally:
+        stop_sensor(dagster_dev)
+
+    assert dbs.product_rows()[str(docs[2]["_id"])][2] == repair.new_price == repair.old_price + 111
+    assert repair.seen_after_s < interval + RUN_START_UP_S
+    assert repair.keys == 1
+    assert repair.change_lag_s is not None and 0 < repair.change_lag_s < interval + RUN_START_UP_S
+    others = {str(doc["_id"]): expected_row(doc) for doc in docs if doc is not docs[2]}
+    assert {key: row for key, row in dbs.product_rows().items() if key in others} == others
