@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from etl_defs.carts.endpoints import CartSyncEndpoints
 from etl_defs.carts.ops import CART_SYNC
 from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.products.table import ProductRow
-from etl_defs.sync import plan_batches
+from etl_defs.sync import SyncScope, plan_batches, run_sync
 from local.demo_data import DEMO_USER, seed_carts, seed_products
 from local.report import CART_JOIN_SQL, cart_drift
 from local.stack import CART_DB, ORDER_DB
@@ -426,6 +427,29 @@ def test_the_version_guard_never_overwrites_a_target_that_moved_on_after_the_pla
     assert order_docs(dbs) == before
     for key, doc in race.items():
         assert synced(before[key]) == doc
+
+
+def test_a_keyed_cart_sync_reads_and_repairs_only_its_carts(dbs: Databases) -> None:
+    """The scope of a set of cart ids, on both sides: a deleted cart's document is its orphan,
+    and an id that is not a uuid (it cannot be in the Cart DB) is only looked up in the Order DB."""
+    drift = plant_drift(dbs)
+    before = order_docs(dbs)
+    keys = [drift.missing.id, drift.outdated.id, drift.unchanged.id, drift.orphan_doc["cartId"], "not-a-uuid"]
+
+    with mongo_commands() as commands, sync_endpoints(dbs, scope=SyncScope.of_keys(keys)) as endpoints:
+        report = run_sync(CART_SYNC, endpoints, batch_size=2, dry_run=False, log=logging.getLogger("test"))
+
+    counts = {change.value: n for change, n in report.counts.items() if n}
+    assert counts == {"missing": 1, "outdated": 1, "unchanged": 1, "orphaned": 1}
+    assert (report.inserted, report.updated, report.deleted) == (1, 1, 0)
+    after = order_docs(dbs)
+    p = drift.products
+    assert synced(after[drift.missing.id]) == expected_doc(drift.missing, p[drift.missing.productId])
+    assert synced(after[drift.outdated.id]) == expected_doc(drift.outdated, p[drift.outdated.productId])
+    untouched = set(before) - {drift.missing.id, drift.outdated.id}
+    assert {key: after[key] for key in untouched} == {key: before[key] for key in untouched}
+    finds = on_carts(commands, "find")
+    assert finds and all(set(c.body["filter"]["cartId"]["$in"]) <= set(keys) for c in finds)
 
 
 def test_a_guarded_update_applies_when_the_target_is_still_older(dbs: Databases) -> None:

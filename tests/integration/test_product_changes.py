@@ -15,6 +15,7 @@ import pytest
 from bson import ObjectId
 
 from etl_defs.assets import CART_DB_PRODUCT
+from etl_defs.definitions import build_definitions
 from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.products.sensors import CHANGES_TRIGGER, HISTORY_LOST_TRIGGER, MAX_KEYS_PER_RUN, ChangesCursor
 from etl_defs.run_config import MAX_SYNC_KEYS
@@ -22,7 +23,7 @@ from etl_defs.tags import OLDEST_CHANGE_TAG, TRIGGER_TAG
 from local.stack import CART_DB
 from resources import PostgresResource
 from tests.factories import expected_row, product_doc
-from tests.helpers import copy_products, defs, mongo_commands
+from tests.helpers import copy_products, defs, mongo_commands, settings
 from tests.session import Databases
 
 SENSOR = "product_changes_sensor"
@@ -294,3 +295,14 @@ def test_a_keyed_sync_does_not_set_off_a_whole_table_validation(dbs: Databases, 
         after_full = validate(context)
     [request] = after_full.run_requests
     assert request.tags["etl-sync/validates-run"] == full.run_id, "the whole-table sync, behind a newer keyed one"
+
+
+def test_the_sensor_follows_its_interval_setting_and_enable_scheduler() -> None:
+    custom = settings.model_copy(update={"product_cdc_interval_seconds": 7, "enable_scheduler": True})
+
+    on = build_definitions(custom).resolve_sensor_def(SENSOR)
+    off = build_definitions(custom.model_copy(update={"enable_scheduler": False})).resolve_sensor_def(SENSOR)
+
+    assert on.minimum_interval_seconds == 7
+    assert (on.default_status, off.default_status) == (dg.DefaultSensorStatus.RUNNING, dg.DefaultSensorStatus.STOPPED)
+    assert on.job_name == "product_sync_job"

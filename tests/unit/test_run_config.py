@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from etl_defs.definitions import build_definitions
-from etl_defs.run_config import CartSyncOpConfig, SyncOpConfig
+from etl_defs.run_config import MAX_SYNC_KEYS, CartSyncOpConfig, ProductSyncOpConfig, SyncOpConfig
 from etl_defs.settings import load_settings
 
 ENV = {
@@ -34,8 +34,12 @@ def test_each_jobs_fields_are_its_op_configs_with_the_settings_batch_size() -> N
     carts = launchpad_fields(defs.resolve_job_def("cart_sync_job"))
     full = launchpad_fields(defs.resolve_job_def("full_sync_job"))
 
-    assert list(products) == list(SyncOpConfig.model_fields)
+    assert list(products) == list(ProductSyncOpConfig.model_fields) == [*SyncOpConfig.model_fields, "keys"]
     assert list(carts) == list(full) == list(CartSyncOpConfig.model_fields)
+    assert products["keys"]["default"] is None
+    assert products["keys"]["description"] == (
+        f"Only these product ids (ObjectId hex), at most {MAX_SYNC_KEYS}; unset: every product"
+    )
     assert (products["batch_size"]["default"], carts["batch_size"]["default"]) == (250, 75)
     assert full["batch_size"]["default"] is None  # each sync keeps its own, unless the run sets one
     assert products["batch_size"]["description"] == "Keys per batch and transaction (allowed: 1 to 100000)"
@@ -44,3 +48,11 @@ def test_each_jobs_fields_are_its_op_configs_with_the_settings_batch_size() -> N
         if name != "batch_size":
             assert carts[name]["default"] == full[name]["default"] == field.default
             assert carts[name]["description"].startswith(field.description)
+
+
+def test_product_keys_are_sorted_lowercased_and_deduplicated() -> None:
+    config = ProductSyncOpConfig(
+        keys=["6B0FA3683FBA6D3E523D42CF", "6b0fa3683fba6d3e523d42ce", "6b0fa3683fba6d3e523d42cf"]
+    )
+
+    assert config.keys == ["6b0fa3683fba6d3e523d42ce", "6b0fa3683fba6d3e523d42cf"]

@@ -29,6 +29,7 @@ def test_defaults_are_the_old_services() -> None:
     assert settings.enable_scheduler is True
     assert (settings.sync_batch_size, settings.cart_sync_batch_size) == (1000, 1000)
     assert settings.timezone == "UTC"
+    assert settings.product_cdc_interval_seconds == 30
 
 
 def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -56,6 +57,16 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
         ("HEALTH_CHECK_CRON_SCHEDULE", "* * *", "HEALTH_CHECK_CRON_SCHEDULE='* * *' is not a five-field cron"),
         ("TIMEZONE", "Mars/Olympus", "TIMEZONE='Mars/Olympus' is not a known IANA timezone"),
         ("ENABLE_SCHEDULER", "maybe", "ENABLE_SCHEDULER='maybe' Input should be a valid boolean"),
+        (
+            "PRODUCT_CDC_INTERVAL_SECONDS",
+            "0",
+            "PRODUCT_CDC_INTERVAL_SECONDS='0' Input should be greater than or equal to 1",
+        ),
+        (
+            "PRODUCT_CDC_INTERVAL_SECONDS",
+            "30s",
+            "PRODUCT_CDC_INTERVAL_SECONDS='30s' Input should be a valid integer",
+        ),
         (
             "PRODUCT_SERVICE_MONGODB_URL",
             "http://x:27017/p",
