@@ -39,7 +39,7 @@ mutation StopSensor($id: String!) { stopSensor(id: $id) { __typename ... on Pyth
 LATEST_TICK = """
 query LatestTick($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
-    ... on Sensor { sensorState { ticks(limit: 1) { status timestamp skipReason runIds } } }
+    ... on Sensor { sensorState { ticks(limit: 1) { status timestamp skipReason } } }
   }
 }"""
 RUN = """

@@ -49,7 +49,7 @@ class ChangesCursor:
 
     @classmethod
     def parse(cls, text: str | None) -> ChangesCursor:
-        """The cursor in `text`; none, or an unreadable one, starts afresh (a fresh token, nothing requested)."""
+        """The cursor in `text`; an empty one for none, or an unreadable one (the sensor then starts afresh)."""
         try:
             saved = json.loads(text or "{}")
             token = token_from_text(saved["token"]) if saved.get("token") else None
@@ -99,13 +99,24 @@ def failed_keyed_runs(
 def keyed_run_request(changes: ProductChanges, keys: set[str], retried: list[dg.DagsterRun]) -> dg.RunRequest:
     """One keyed run for `keys`, its run key derived from the token span (and the runs it retries),
     so a tick evaluated twice never launches twice."""
-    oldest = changes.oldest or datetime.now(UTC)
+    oldest = min(
+        [at for at in [changes.oldest, *(_oldest_change(run) for run in retried)] if at is not None],
+        default=datetime.now(UTC),
+    )
     return dg.RunRequest(
         run_key=f"{CHANGES_TRIGGER}-"
         + _digest(token_text(changes.start), token_text(changes.end), *sorted(run.run_id for run in retried)),
         run_config={"keys": sorted(keys)},
         tags={TRIGGER_TAG: CHANGES_TRIGGER, OLDEST_CHANGE_TAG: oldest.isoformat()},
     )
+
+
+def _oldest_change(run: dg.DagsterRun) -> datetime | None:
+    """The oldest change a failed run was requested for (its keys are requested again: the lag counts from it)."""
+    try:
+        return datetime.fromisoformat(run.tags[OLDEST_CHANGE_TAG])
+    except (KeyError, ValueError):
+        return None
 
 
 def build_product_changes_sensor(settings: SyncSettings, product_sync_job: dg.JobDefinition) -> dg.SensorDefinition:
@@ -126,6 +137,9 @@ def build_product_changes_sensor(settings: SyncSettings, product_sync_job: dg.Jo
     def product_changes_sensor(context: dg.SensorEvaluationContext, product_db: MongoResource) -> dg.SensorResult:
         cursor = ChangesCursor.parse(context.cursor)
         try:
+            if cursor.token is None and context.cursor:
+                unreadable = ChangeHistoryLost(f"the sensor cursor cannot be read ({context.cursor[:80]!r})")
+                return _history_lost(context, product_db, cursor, unreadable)
             if cursor.token is None:
                 token = current_token(product_db)
                 return dg.SensorResult(
@@ -177,7 +191,7 @@ def build_product_changes_sensor(settings: SyncSettings, product_sync_job: dg.Jo
 def _history_lost(
     context: dg.SensorEvaluationContext, product_db: MongoResource, cursor: ChangesCursor, lost: ChangeHistoryLost
 ) -> dg.SensorResult:
-    """A fresh token first, then one full sync: whatever changed in between is covered by it."""
+    """A fresh token first, then one full sync: whatever changed before the token is covered by it."""
     token = current_token(product_db)
     context.log.warning(f"{lost}; taking a fresh token and requesting a full product_sync_job")
     return dg.SensorResult(

@@ -6,6 +6,7 @@ run it requests is executed for real with its run config and tags, as the daemon
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -29,10 +30,21 @@ from tests.session import Databases
 SENSOR = "product_changes_sensor"
 
 
-def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    """One evaluation of the sensor, as the daemon runs it."""
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def tick(instance: dg.DagsterInstance, cursor: str | None, log: list[str] | None = None) -> dg.SensorResult:
+    """One evaluation of the sensor, as the daemon runs it (its log lines into `log`, when given)."""
     sensor = defs.resolve_sensor_def(SENSOR)
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+        if log is not None:
+            context.log.addHandler(_Lines(log))
         result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
@@ -154,12 +166,15 @@ def test_a_token_that_cannot_resume_requests_one_full_sync_and_a_fresh_cursor(
 ) -> None:
     in_step(dbs, 2)
     stale = ChangesCursor(token=token, failures_until=time.time()).text()
+    log: list[str] = []
 
-    result = tick(instance, stale)
+    result = tick(instance, stale, log)
 
     [request] = result.run_requests
     assert request.run_config == {}, "a full product_sync_job, not a keyed one"
     assert request.tags == {TRIGGER_TAG: HISTORY_LOST_TRIGGER}
+    [said] = [line for line in log if "cannot resume from the saved token" in line]
+    assert said.endswith("taking a fresh token and requesting a full product_sync_job")
     fresh = ChangesCursor.parse(result.cursor).token
     assert fresh is not None and fresh != token
     assert execute(instance, request).success
@@ -167,6 +182,29 @@ def test_a_token_that_cannot_resume_requests_one_full_sync_and_a_fresh_cursor(
     dbs.product_db.products.update_many({}, {"$inc": {"quantity": 1}})
     [follow_up] = tick(instance, result.cursor).run_requests
     assert len(follow_up.run_config["keys"]) == 2
+
+
+def test_an_unreadable_cursor_is_treated_as_history_lost(dbs: Databases, instance: dg.DagsterInstance) -> None:
+    result = tick(instance, "not json")
+
+    [request] = result.run_requests
+    assert request.run_config == {} and request.tags == {TRIGGER_TAG: HISTORY_LOST_TRIGGER}
+    assert ChangesCursor.parse(result.cursor).token is not None
+
+
+def test_a_product_whose_id_is_not_an_object_id_is_reported_not_requested(
+    dbs: Databases, instance: dg.DagsterInstance
+) -> None:
+    [doc] = in_step(dbs, 1)
+    cursor = tick(instance, None).cursor
+    dbs.product_db.products.insert_one(product_doc(_id="sku-17"))
+    dbs.product_db.products.update_one({"_id": doc["_id"]}, {"$set": {"price": 999}})
+
+    log: list[str] = []
+    [request] = tick(instance, cursor, log).run_requests
+
+    assert request.run_config == {"keys": [str(doc["_id"])]}
+    assert "product with _id 'sku-17' changed: not an ObjectId, so no sync can take it" in log
 
 
 def test_a_keyed_run_reads_only_its_keys_on_both_sides(dbs: Databases, instance: dg.DagsterInstance) -> None:
@@ -257,6 +295,7 @@ def test_a_keyed_run_that_finds_the_lock_held_fails_and_its_keys_are_requested_a
     retry = tick(instance, first.cursor)
     [again] = retry.run_requests
     assert set(again.run_config["keys"]) == {str(docs[0]["_id"]), str(docs[1]["_id"])}
+    assert again.tags[OLDEST_CHANGE_TAG] == request.tags[OLDEST_CHANGE_TAG], "the lag counts from the first change"
     assert execute(instance, again).success
     rows = dbs.product_rows()
     assert (rows[str(docs[0]["_id"])][2], rows[str(docs[1]["_id"])][2]) == (4321, 1234)
