@@ -171,9 +171,9 @@ def build_validate_after_sync_sensor() -> dg.SensorDefinition:
             )
         if not requests:
             return dg.SensorResult(
-                skip_reason="no whole-table sync wrote "
+                skip_reason="no sync wrote "
                 + " or ".join(t.to_user_string() for t in CHECKS_OF_TARGET)
-                + " since the last validation (keyed syncs are left to the next whole-table one)",
+                + " since the last validation (keyed syncs aside: they are left to the next whole-table one)",
                 cursor=json.dumps(validated, sort_keys=True),
             )
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(validated, sort_keys=True))
