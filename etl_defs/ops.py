@@ -93,7 +93,6 @@ def run_sync_op(
     endpoints: SyncEndpoints,
     lock_db: PostgresResource,
     asset_key: dg.AssetKey,
-    scope: SyncScope = WHOLE_TABLE,
 ) -> dg.Output[dict[str, Any]]:
     """Run one sync inside an op and report it the Dagster way.
 
@@ -102,6 +101,8 @@ def run_sync_op(
     backoff, and the retry resumes after the last key written (see `save_checkpoint`); bad
     data is never retried (it is rejected record by record instead).
     """
+    scope = endpoints.scope
+    context.log.info(f"{spec.name} sync of {scope.describe()}")
     fault_note = (
         "batches written before the fault stay written; run the sync again once the database is back to repair the rest"
     )

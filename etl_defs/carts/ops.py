@@ -56,7 +56,6 @@ def sync_carts(
         config,
         spec=CART_SYNC,
         endpoints=CartSyncEndpoints(cart_db, order_db, scope, prune_orphans=config.prune_orphans),
-        scope=scope,
         lock_db=cart_db,
         asset_key=ORDER_DB_CARTS,
     )

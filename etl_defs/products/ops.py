@@ -50,13 +50,11 @@ def sync_products(
     context: dg.OpExecutionContext, config: ProductSyncOpConfig, product_db: MongoResource, cart_db: PostgresResource
 ) -> dg.Output[dict[str, Any]]:
     scope = SyncScope.of_keys(config.keys) if config.keys is not None else WHOLE_TABLE
-    context.log.info(f"product sync of {scope.describe()}")
     return run_sync_op(
         context,
         config,
         spec=PRODUCT_SYNC,
         endpoints=ProductSyncEndpoints(product_db, cart_db, scope),
-        scope=scope,
         lock_db=cart_db,
         asset_key=CART_DB_PRODUCT,
     )

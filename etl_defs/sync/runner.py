@@ -14,6 +14,7 @@ from typing import Any, Generic, Protocol
 
 from etl_defs.sync.plan import BatchPlan, Change, Raw, Rejection, Row, SyncSpec, Tgt, plan_batches
 from etl_defs.sync.readahead import ReadAhead
+from etl_defs.sync.scope import SyncScope
 
 #: Batches each side is read ahead of the plan (bounded: memory stays O(batch)).
 READ_AHEAD_BATCHES = 2
@@ -46,6 +47,8 @@ class SyncEndpoints(Protocol[Raw, Row, Tgt]):
 
     #: Whether `write` deletes a plan's orphans (otherwise they are only counted).
     prunes_orphans: bool
+    #: The keys both sides are read for.
+    scope: SyncScope
 
     def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[Raw]]:
         """Source records in key order (only keys greater than `after`, when given)."""
