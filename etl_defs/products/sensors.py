@@ -150,15 +150,13 @@ def build_product_changes_sensor(settings: SyncSettings, product_sync_job: dg.Jo
             retried, retried_keys, failures_until = failed_keyed_runs(
                 context.instance, product_sync_job.name, cursor.failures_until, MAX_KEYS_PER_RUN
             )
-            try:
-                changes = read_changes(
-                    product_db,
-                    cursor.token,
-                    max_keys=max(MAX_KEYS_PER_RUN - len(retried_keys), 1),
-                    max_seconds=MAX_READ_S,
-                )
-            except ChangeHistoryLost as lost:
-                return _history_lost(context, product_db, cursor, lost)
+            room = MAX_KEYS_PER_RUN - len(retried_keys)
+            changes = ProductChanges(start=cursor.token, end=cursor.token)  # the keys of failed runs fill this run
+            if room > 0:
+                try:
+                    changes = read_changes(product_db, cursor.token, max_keys=room, max_seconds=MAX_READ_S)
+                except ChangeHistoryLost as lost:
+                    return _history_lost(context, product_db, cursor, lost)
         except DatabaseUnavailableError as error:
             return dg.SensorResult(
                 skip_reason=f"{error}; the next tick resumes from the saved token, so no change is missed",
