@@ -26,7 +26,10 @@ def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource
         ),
         "order_db": MongoResource(url=dg.EnvVar(settings.order_url_env), label="Order MongoDB", **mongo_options),
         "cart_db": PostgresResource(
-            url=dg.EnvVar(settings.cart_db_url_env), label="Cart PostgreSQL", fetch_size=settings.postgres_fetch_size
+            url=dg.EnvVar(settings.cart_db_url_env),
+            label="Cart PostgreSQL",
+            fetch_size=settings.postgres_fetch_size,
+            replication_slot=settings.cart_cdc_slot,
         ),
     }
 
@@ -39,7 +42,7 @@ def build_definitions(settings: SyncSettings) -> dg.Definitions:
         asset_checks=build_asset_checks(settings),
         jobs=[*sync_jobs, validation_job],
         schedules=build_schedules(settings, *sync_jobs),
-        sensors=build_sensors(settings, sync_jobs[0]),
+        sensors=build_sensors(settings, sync_jobs[0], sync_jobs[1]),
         resources=build_resources(settings),
     )
 

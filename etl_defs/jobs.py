@@ -9,7 +9,14 @@ from pydantic import ValidationError
 
 from etl_defs.carts.ops import check_cart_sync_ready, sync_carts
 from etl_defs.products.ops import check_product_sync_ready, sync_products
-from etl_defs.run_config import CartSyncOpConfig, ProductSyncOpConfig, SyncOpConfig, allowed, launchpad_schema
+from etl_defs.run_config import (
+    KEYED_CART_FIELDS,
+    CartSyncOpConfig,
+    ProductSyncOpConfig,
+    SyncOpConfig,
+    allowed,
+    launchpad_schema,
+)
 from etl_defs.settings import SyncSettings
 from etl_defs.tags import PIPELINE_TAG
 
@@ -31,8 +38,11 @@ def _op_config(config: dict[str, Any], model: type[SyncOpConfig] = SyncOpConfig)
     except ValidationError as error:
         problems = []
         for problem in error.errors():
-            name = str(problem["loc"][0])
             message = problem["msg"].removeprefix("Value error, ")
+            if not problem["loc"]:  # a rule over several fields
+                problems.append(message)
+                continue
+            name = str(problem["loc"][0])
             problems.append(f"{name}={_shown(fields.get(name))}: {message}{allowed(model, name)}")
         raise InvalidRunConfigError(f"invalid run config: {'; '.join(problems)}") from None
     return {"config": validated.model_dump()}
@@ -88,7 +98,9 @@ def build_cart_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
 def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
     """`full_sync_job`: the product sync, then the cart sync, so a price change reaches the carts in one run."""
-    schema = launchpad_schema(CartSyncOpConfig)
+    schema = {
+        name: field for name, field in launchpad_schema(CartSyncOpConfig).items() if name not in KEYED_CART_FIELDS
+    }
     schema["batch_size"] = dg.Field(
         int,
         is_required=False,

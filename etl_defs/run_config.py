@@ -1,16 +1,48 @@
 """Run config of the sync ops, defined once: the jobs' Launchpad schema is derived from these models."""
 
+import re
 import types
+import uuid
+from collections.abc import Callable
 from typing import Any, Union, get_args, get_origin
 
 import dagster as dg
 from bson import ObjectId
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from etl_defs.settings import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
 #: The most keys one keyed sync run takes: past it, run the sync over the whole table.
 MAX_SYNC_KEYS = 10_000
+#: A PostgreSQL LSN as `pg_lsn` prints it: `0/15302A0`.
+_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+
+
+def _checked_keys(keys: list[str], what: str, valid: Callable[[str], bool], spelled: str) -> list[str]:
+    """`keys` lower-cased, sorted and unique; refused when empty, past the bound, or not all `valid`."""
+    if not keys:
+        raise ValueError(f"give at least one {what} id, or leave keys out to sync every {what}")
+    if len(keys) > MAX_SYNC_KEYS:
+        raise ValueError(
+            f"{len(keys)} keys is more than the {MAX_SYNC_KEYS} one run takes: "
+            f"split them over several runs, or leave keys out to sync every {what}"
+        )
+    bad = [key for key in keys if not (isinstance(key, str) and valid(key))]
+    if bad:
+        shown = ", ".join(repr(key) for key in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{what} ids are {spelled}; not: {shown}")
+    return sorted({key.lower() for key in keys})
+
+
+def _is_object_id(key: str) -> bool:
+    return len(key) == 24 and ObjectId.is_valid(key)
+
+
+def _is_uuid(key: str) -> bool:
+    try:
+        return str(uuid.UUID(key)) == key.lower()
+    except ValueError:
+        return False
 
 
 class SyncOpConfig(dg.Config):
@@ -34,20 +66,7 @@ class ProductSyncOpConfig(SyncOpConfig):
     @field_validator("keys")
     @classmethod
     def _product_ids(cls, keys: list[str] | None) -> list[str] | None:
-        if keys is None:
-            return None
-        if not keys:
-            raise ValueError("give at least one product id, or leave keys out to sync every product")
-        if len(keys) > MAX_SYNC_KEYS:
-            raise ValueError(
-                f"{len(keys)} keys is more than the {MAX_SYNC_KEYS} one run takes: "
-                "split them over several runs, or leave keys out to sync every product"
-            )
-        bad = [key for key in keys if not (isinstance(key, str) and len(key) == 24 and ObjectId.is_valid(key))]
-        if bad:
-            shown = ", ".join(repr(key) for key in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise ValueError(f"product ids are 24 hex digits (an ObjectId); not: {shown}")
-        return sorted({key.lower() for key in keys})
+        return None if keys is None else _checked_keys(keys, "product", _is_object_id, "24 hex digits (an ObjectId)")
 
 
 class CartSyncOpConfig(SyncOpConfig):
@@ -55,6 +74,36 @@ class CartSyncOpConfig(SyncOpConfig):
 
     user_id: str | None = Field(default=None, min_length=1, description="Only this user's carts, on both sides")
     prune_orphans: bool = Field(default=False, description="Delete Order DB carts that are no longer in the Cart DB")
+    keys: list[str] | None = Field(
+        default=None, description=f"Only these cart ids (uuids), at most {MAX_SYNC_KEYS}; unset: every cart"
+    )
+    advance_slot_to: str | None = Field(
+        default=None,
+        description="After the writes committed, mark the CART_CDC_SLOT changes up to this LSN consumed "
+        "(cart_changes_sensor sets it)",
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _cart_ids(cls, keys: list[str] | None) -> list[str] | None:
+        return None if keys is None else _checked_keys(keys, "cart", _is_uuid, "uuids (8-4-4-4-12 hex digits)")
+
+    @field_validator("advance_slot_to")
+    @classmethod
+    def _lsn(cls, lsn: str | None) -> str | None:
+        if lsn is not None and not _LSN.fullmatch(lsn):
+            raise ValueError("is not a PostgreSQL LSN (like 0/15302A0)")
+        return lsn
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> "CartSyncOpConfig":
+        if self.user_id is not None and self.keys is not None:
+            raise ValueError("give user_id or keys, not both")
+        return self
+
+
+#: Fields only a cart sync run of its own takes (`full_sync_job` syncs every cart).
+KEYED_CART_FIELDS = ("keys", "advance_slot_to")
 
 
 def allowed(model: type[dg.Config], name: str) -> str:

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from etl_defs.health import ping_all
-from etl_defs.products.sensors import CHANGES_TRIGGER
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import TRIGGER_TAG
+from etl_defs.tags import KEYED_REPAIR_TRIGGERS, TRIGGER_TAG
 from resources import MongoResource, PostgresResource
 
 #: Statuses of a run that has not finished yet.
@@ -39,7 +38,7 @@ def in_flight_run(instance: dg.DagsterInstance, job_names: Sequence[str]) -> dg.
             filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES), limit=_IN_FLIGHT_LOOKBACK
         )
         for run in runs:
-            if run.tags.get(TRIGGER_TAG) != CHANGES_TRIGGER:
+            if run.tags.get(TRIGGER_TAG) not in KEYED_REPAIR_TRIGGERS:
                 return run
     return None
 

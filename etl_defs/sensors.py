@@ -1,5 +1,5 @@
 """Sensors: database health (the old health cron and `/health` routes), validation after each sync, and the
-product change sensor (in `etl_defs.products.sensors`).
+change sensors (in `etl_defs.products.sensors` and `etl_defs.carts.sensors`).
 
 Why a cron-aligned sensor for health, and materializations rather than run status for
 validation: docs/automation.md.
@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from croniter import croniter
 
+from etl_defs.carts.sensors import build_cart_changes_sensor
 from etl_defs.checks import CART_CHECKS, PRODUCT_CHECKS, validation_job
 from etl_defs.health import Health, health_of_tables, ping_all
 from etl_defs.ops import SCOPE_KEY
@@ -181,10 +182,13 @@ def build_validate_after_sync_sensor() -> dg.SensorDefinition:
     return validate_after_sync_sensor
 
 
-def build_sensors(settings: SyncSettings, product_sync_job: dg.JobDefinition) -> list[dg.SensorDefinition]:
-    """The health sensor, the validation-after-sync sensor and the product change sensor."""
+def build_sensors(
+    settings: SyncSettings, product_sync_job: dg.JobDefinition, cart_sync_job: dg.JobDefinition
+) -> list[dg.SensorDefinition]:
+    """The health sensor, the validation-after-sync sensor and the two change sensors."""
     return [
         build_databases_health_sensor(settings),
         build_validate_after_sync_sensor(),
         build_product_changes_sensor(settings, product_sync_job),
+        build_cart_changes_sensor(settings, cart_sync_job),
     ]

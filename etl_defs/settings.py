@@ -93,6 +93,10 @@ class SyncSettings(BaseModel):
     product_cdc_interval_seconds: int = Field(
         default=30, alias="PRODUCT_CDC_INTERVAL_SECONDS", ge=MIN_CDC_INTERVAL_S, le=MAX_CDC_INTERVAL_S
     )
+    cart_cdc_interval_seconds: int = Field(
+        default=30, alias="CART_CDC_INTERVAL_SECONDS", ge=MIN_CDC_INTERVAL_S, le=MAX_CDC_INTERVAL_S
+    )
+    cart_cdc_slot: str = Field(default="etl_sync_carts", alias="CART_CDC_SLOT")
 
     @field_validator("product_mongodb_url", "order_mongodb_url")
     @classmethod
@@ -108,6 +112,13 @@ class SyncSettings(BaseModel):
     @classmethod
     def _cron(cls, value: str) -> str:
         return _check_cron(value)
+
+    @field_validator("cart_cdc_slot")
+    @classmethod
+    def _slot_name(cls, value: str) -> str:
+        if not re.fullmatch(postgres.SLOT_NAME_PATTERN, value):
+            raise ValueError("is not a replication slot name (1 to 63 lower-case letters, digits or underscores)")
+        return value
 
     @field_validator("timezone")
     @classmethod

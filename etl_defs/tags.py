@@ -2,8 +2,12 @@
 
 #: `products`, `carts` or `full`: dagster.yaml's run queue lets one run per value through.
 PIPELINE_TAG = "etl-sync/pipeline"
-#: What started a run, when it was not a person (`schedule`).
+#: What started a run, when it was not a person (`schedule`, or one of the change sensors' values below).
 TRIGGER_TAG = "etl-sync/trigger"
+#: TRIGGER_TAG of the keyed repairs the change sensors request (short and frequent).
+PRODUCT_CHANGES_TRIGGER = "product_changes"
+CART_CHANGES_TRIGGER = "cart_changes"
+KEYED_REPAIR_TRIGGERS = (PRODUCT_CHANGES_TRIGGER, CART_CHANGES_TRIGGER)
 #: On a validation run: the sync run and job whose writes it validates.
 VALIDATES_RUN_TAG = "etl-sync/validates-run"
 VALIDATES_JOB_TAG = "etl-sync/validates-job"

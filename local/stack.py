@@ -33,6 +33,7 @@ PG_RUN_USER = "etlsync"
 #: Where PostgreSQL's files go when PG_RUN_USER cannot reach the state folder.
 PG_FALLBACK_PARENT = Path("/var/tmp")
 PG_SUPERUSER = "shop"
+MAX_SLOT_WAL_KEEP_SIZE = "1GB"
 CART_DB = "cart"
 DAGSTER_DB = "dagster"
 PRODUCT_DB = "product"
@@ -133,6 +134,7 @@ class StackState:
     mongo_pid: int | None = None
     pg_pid: int | None = None
     pg_dir: str | None = None  # the folder holding pgdata/ and pglog/ (the state folder unless root needs another)
+    wal_level: str = "logical"  # cart_changes_sensor needs logical; a test starts a `replica` server too
 
 
 class LocalStack:
@@ -146,6 +148,7 @@ class LocalStack:
         pg_password: str,
         mongo_user: str | None = None,
         mongo_password: str | None = None,
+        wal_level: str = "logical",
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.state = StackState(
@@ -154,6 +157,7 @@ class LocalStack:
             pg_password=pg_password,
             mongo_user=mongo_user,
             mongo_password=mongo_password,
+            wal_level=wal_level,
         )
         saved = self._load()
         if saved is not None:
@@ -447,7 +451,10 @@ class LocalStack:
         log = logs / "postgres.log"
         options = (
             f"-p {self.state.pg_port} -k {data} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c fsync=off -c full_page_writes=off -c max_connections=200 "
+            # Logical decoding, for cart_changes_sensor. synchronous_commit stays on: decoding gives only
+            # flushed WAL, so a commit must be flushed to be seen (with fsync off, that costs nothing).
+            f"-c wal_level={self.state.wal_level}"
         )
         result = subprocess.run(
             [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
@@ -470,6 +477,10 @@ class LocalStack:
 
     def _create_databases(self) -> None:
         with psycopg.connect(self.pg_url("postgres"), autocommit=True, connect_timeout=10) as conn:
+            # A slot nobody reads keeps at most this much WAL, then is lost (set here, not on the command
+            # line, so that ALTER SYSTEM can change it).
+            conn.execute(f"ALTER SYSTEM SET max_slot_wal_keep_size = '{MAX_SLOT_WAL_KEEP_SIZE}'")
+            conn.execute("SELECT pg_reload_conf()")
             existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
             for name in (CART_DB, DAGSTER_DB):
                 if name not in existing:

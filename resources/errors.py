@@ -11,6 +11,10 @@ class SyncAlreadyRunningError(RuntimeError):
     """Another run holds this pipeline's advisory lock."""
 
 
+class ReplicationSlotLostError(RuntimeError):
+    """A logical replication slot can no longer give changes (its WAL was removed): it must be recreated."""
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of `error`'s message (drivers append pages of detail), or its type's name when empty."""
     text = str(error).strip()

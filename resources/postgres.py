@@ -6,6 +6,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -14,7 +15,12 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine, make_url
 
-from resources.errors import DatabaseUnavailableError, SyncAlreadyRunningError, first_line
+from resources.errors import (
+    DatabaseUnavailableError,
+    ReplicationSlotLostError,
+    SyncAlreadyRunningError,
+    first_line,
+)
 
 #: The most rows a server-side cursor may fetch per round trip.
 MAX_FETCH_SIZE = 100_000
@@ -62,6 +68,27 @@ def copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[str], rows
             copy.write_row(row)
 
 
+#: The output plugin of the change slot: shipped with PostgreSQL, one line of text per change.
+DECODING_PLUGIN = "test_decoding"
+#: Slot names PostgreSQL accepts: lower-case letters, digits and underscores.
+SLOT_NAME_PATTERN = r"^[a-z0-9_]{1,63}$"
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What logical decoding on this database needs, as the server has it now."""
+
+    wal_level: str
+    role: str
+    can_replicate: bool  # superuser, or the REPLICATION attribute
+    current_database: str
+    current_schema: str
+    database: str | None  # the slot's database (None: no such slot)
+    plugin: str | None
+    wal_status: str | None  # reserved, extended, unreserved or lost
+    confirmed_lsn: str | None
+
+
 def _lock_key(name: str) -> int:
     value = zlib.crc32(name.encode())
     return value - (1 << 32) if value >= (1 << 31) else value
@@ -85,6 +112,11 @@ class PostgresResource(dg.ConfigurableResource):
         description="Rows per FETCH of a server-side cursor; unset: the scan's batch size",
     )
     application_name: str = "etl-sync"
+    replication_slot: str = Field(
+        default="etl_sync_carts",
+        pattern=SLOT_NAME_PATTERN,
+        description="The logical replication slot change capture reads (created on first use)",
+    )
 
     _engine: Engine | None = PrivateAttr(default=None)
 
@@ -223,6 +255,77 @@ class PostgresResource(dg.ConfigurableResource):
                 with suppress(psycopg.OperationalError):
                     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, key))
                     conn.autocommit = False
+
+    # ----- logical decoding: the replication slot, through the SQL interface -----
+
+    def slot_state(self) -> SlotState:
+        """The server's `wal_level`, whether this role may use slots, and the slot's own state."""
+        with self.connection() as conn:
+            wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+            role, can, database, schema = conn.execute(
+                "SELECT current_user, rolsuper OR rolreplication, current_database(), current_schema() "
+                "FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()  # type: ignore[misc]
+            row = conn.execute(
+                "SELECT database, plugin, wal_status, confirmed_flush_lsn::text FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (self.replication_slot,),
+            ).fetchone()
+            conn.rollback()
+        return SlotState(wal_level, role, bool(can), database, schema, *(row or (None, None, None, None)))
+
+    def create_slot(self) -> str:
+        """Create the slot (decoding with `DECODING_PLUGIN`); its LSN, from which it gives changes."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            (lsn,) = conn.execute(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, %s)",
+                (self.replication_slot, DECODING_PLUGIN),
+            ).fetchone()  # type: ignore[misc]
+            conn.autocommit = False
+        return lsn
+
+    def drop_slot(self) -> None:
+        with self.connection() as conn:
+            conn.autocommit = True
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (self.replication_slot,))
+            conn.autocommit = False
+
+    def peek_changes(self, max_changes: int) -> list[tuple[str, str]]:
+        """(lsn, text) of the slot's pending changes, whole transactions, stopping once `max_changes`
+        are read; nothing is consumed (`advance_slot` does that). Each transaction ends with
+        `COMMIT <xid> (at <time>)`."""
+        try:
+            with self.connection() as conn:
+                rows = conn.execute(
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_changes(%s, NULL, %s, "
+                    "'include-timestamp', '1', 'skip-empty-xacts', '1')",
+                    (self.replication_slot, max_changes),
+                ).fetchall()
+                conn.rollback()
+        except psycopg.errors.ObjectNotInPrerequisiteState as error:
+            if "can no longer get changes" in str(error):
+                raise ReplicationSlotLostError(
+                    f"replication slot {self.replication_slot} on {self.display_name} is lost: {first_line(error)}"
+                ) from None
+            raise
+        return [(lsn, data) for lsn, data in rows]
+
+    def advance_slot(self, lsn: str) -> bool:
+        """Mark the slot's changes up to `lsn` consumed; False when it already was there or past it."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            row = conn.execute(
+                "SELECT confirmed_flush_lsn < %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                (lsn, self.replication_slot),
+            ).fetchone()
+            if row is None:
+                conn.autocommit = False
+                raise ReplicationSlotLostError(f"replication slot {self.replication_slot} no longer exists")
+            if row[0]:
+                conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.replication_slot, lsn))
+            conn.autocommit = False
+        return bool(row[0])
 
     def dispose(self) -> None:
         """Close every pooled connection."""

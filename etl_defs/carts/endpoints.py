@@ -48,6 +48,17 @@ _ORDER = "ORDER BY c.id"
 #: The source query of a whole cart sync (the benchmark's bare scan reads it too).
 SCAN_SQL = f"{_SELECT} {_ORDER}"
 STILL_IN_CART_DB_SQL = "SELECT id::text FROM cart WHERE id = ANY(%s::uuid[])"
+CARTS_HOLDING_SQL = 'SELECT id::text FROM cart WHERE "productId" = ANY(%s) LIMIT %s'
+
+
+def carts_holding(cart_db: PostgresResource, product_ids: list[str], limit: int) -> list[str]:
+    """The ids of the carts that hold one of `product_ids`, at most `limit` of them."""
+    if not product_ids:
+        return []
+    with cart_db.connection() as conn:
+        ids = [row[0] for row in conn.execute(CARTS_HOLDING_SQL, (product_ids, limit))]
+        conn.rollback()
+    return ids
 
 
 def cart_schema_problems(conn: psycopg.Connection) -> list[str]:

@@ -24,12 +24,12 @@ from etl_defs.products.changes import (
     token_text,
 )
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import OLDEST_CHANGE_TAG, TRIGGER_TAG
+from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
 from resources import DatabaseUnavailableError, MongoResource
 
 SENSOR_NAME = "product_changes_sensor"
 #: TRIGGER_TAG of the runs it requests: keyed repairs, and the full sync after history was lost.
-CHANGES_TRIGGER = "product_changes"
+CHANGES_TRIGGER = PRODUCT_CHANGES_TRIGGER
 HISTORY_LOST_TRIGGER = "product_change_history_lost"
 #: The most product ids one tick puts in its run (the run config takes at most MAX_SYNC_KEYS).
 MAX_KEYS_PER_RUN = 5000

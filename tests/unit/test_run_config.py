@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from etl_defs.definitions import build_definitions
-from etl_defs.run_config import MAX_SYNC_KEYS, CartSyncOpConfig, ProductSyncOpConfig, SyncOpConfig
+from etl_defs.run_config import KEYED_CART_FIELDS, MAX_SYNC_KEYS, CartSyncOpConfig, ProductSyncOpConfig, SyncOpConfig
 from etl_defs.settings import load_settings
 
 ENV = {
@@ -35,7 +35,9 @@ def test_each_jobs_fields_are_its_op_configs_with_the_settings_batch_size() -> N
     full = launchpad_fields(defs.resolve_job_def("full_sync_job"))
 
     assert list(products) == list(ProductSyncOpConfig.model_fields) == [*SyncOpConfig.model_fields, "keys"]
-    assert list(carts) == list(full) == list(CartSyncOpConfig.model_fields)
+    assert list(carts) == list(CartSyncOpConfig.model_fields)
+    assert list(full) == [name for name in CartSyncOpConfig.model_fields if name not in KEYED_CART_FIELDS]
+    assert set(KEYED_CART_FIELDS) == {"keys", "advance_slot_to"}, "full_sync_job syncs every cart"
     assert products["keys"]["default"] is None
     assert products["keys"]["description"] == (
         f"Only these product ids (ObjectId hex), at most {MAX_SYNC_KEYS}; unset: every product"
@@ -45,7 +47,7 @@ def test_each_jobs_fields_are_its_op_configs_with_the_settings_batch_size() -> N
     assert products["batch_size"]["description"] == "Keys per batch and transaction (allowed: 1 to 100000)"
     assert products["batch_pause_ms"]["description"] == "Pause after each written batch (ms) (allowed: 0 to 60000)"
     for name, field in CartSyncOpConfig.model_fields.items():
-        if name != "batch_size":
+        if name not in ("batch_size", *KEYED_CART_FIELDS):
             assert carts[name]["default"] == full[name]["default"] == field.default
             assert carts[name]["description"].startswith(field.description)
 
