@@ -96,7 +96,7 @@ class SyncSettings(BaseModel):
     cart_cdc_interval_seconds: int = Field(
         default=30, alias="CART_CDC_INTERVAL_SECONDS", ge=MIN_CDC_INTERVAL_S, le=MAX_CDC_INTERVAL_S
     )
-    cart_cdc_slot: str = Field(default="etl_sync_carts", alias="CART_CDC_SLOT")
+    cart_cdc_slot: str = Field(default=postgres.DEFAULT_REPLICATION_SLOT, alias="CART_CDC_SLOT")
 
     @field_validator("product_mongodb_url", "order_mongodb_url")
     @classmethod

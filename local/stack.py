@@ -231,6 +231,10 @@ class LocalStack:
                 self.state.mongo_pid = self._start_mongo()
                 started.append(lambda: self.stop_mongo(signal.SIGTERM))
                 self._save()
+            if self.pg_running and self._running_wal_level() != self.state.wal_level:
+                # Started by an older checkout, before change capture: restart it with logical decoding.
+                print(f"restarting PostgreSQL with wal_level={self.state.wal_level} (for cart_changes_sensor)")
+                self.stop_postgres()
             if not self.pg_running:
                 self.state.pg_pid = self._start_postgres()
                 started.append(self.stop_postgres)
@@ -474,6 +478,13 @@ class LocalStack:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise StackError(f"PostgreSQL did not start:\n{result.stdout}\n{result.stderr}\n{tail}")
         return int((data / "postmaster.pid").read_text().splitlines()[0])
+
+    def _running_wal_level(self) -> str | None:
+        try:
+            with psycopg.connect(self.pg_url("postgres"), connect_timeout=10) as conn:
+                return conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+        except psycopg.OperationalError:
+            return None  # not answering yet: nothing to compare
 
     def _create_databases(self) -> None:
         with psycopg.connect(self.pg_url("postgres"), autocommit=True, connect_timeout=10) as conn:

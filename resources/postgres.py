@@ -72,6 +72,7 @@ def copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[str], rows
 DECODING_PLUGIN = "test_decoding"
 #: Slot names PostgreSQL accepts: lower-case letters, digits and underscores.
 SLOT_NAME_PATTERN = r"^[a-z0-9_]{1,63}$"
+DEFAULT_REPLICATION_SLOT = "etl_sync_carts"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class PostgresResource(dg.ConfigurableResource):
     )
     application_name: str = "etl-sync"
     replication_slot: str = Field(
-        default="etl_sync_carts",
+        default=DEFAULT_REPLICATION_SLOT,
         pattern=SLOT_NAME_PATTERN,
         description="The logical replication slot change capture reads (created on first use)",
     )

@@ -39,7 +39,8 @@ def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_URL": stack.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
         "ENABLE_SCHEDULER": "false",  # no schedule ticks or health pings during the test
-        "PRODUCT_CDC_INTERVAL_SECONDS": "5",  # the change sensor, once a test turns it on
+        "PRODUCT_CDC_INTERVAL_SECONDS": "5",  # the change sensors, once a test turns them on
+        "CART_CDC_INTERVAL_SECONDS": "5",
     }
     with running_dagster_dev(env, port, home / "dagster-dev.log") as server:
         # Its first tick validates the newest syncs of earlier tests: wait for it, so tests see only their own.

@@ -132,12 +132,21 @@ def test_a_full_sync_in_flight_holds_back_both_schedules(dbs: Databases, instanc
         assert isinstance(skipped, dg.SkipReason) and f"full_sync_job run {full.run_id}" in skipped.skip_message
 
 
-def test_a_keyed_repair_in_flight_does_not_hold_back_the_whole_table_sync(dbs: Databases, instance) -> None:
-    """The change sensor requests a keyed run every few seconds: the safety net is queued behind it, not skipped."""
-    job = defs.resolve_job_def("product_sync_job")
-    instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"etl-sync/trigger": "product_changes"})
+@pytest.mark.parametrize(
+    ("schedule", "job_name", "trigger"),
+    [
+        ("product_sync_schedule", "product_sync_job", "product_changes"),
+        ("cart_sync_schedule", "cart_sync_job", "cart_changes"),
+    ],
+)
+def test_a_keyed_repair_in_flight_does_not_hold_back_the_whole_table_sync(
+    dbs: Databases, instance, schedule: str, job_name: str, trigger: str
+) -> None:
+    """The change sensors request keyed runs every few seconds: the safety net is queued behind them, not skipped."""
+    job = defs.resolve_job_def(job_name)
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"etl-sync/trigger": trigger})
 
-    assert isinstance(tick("product_sync_schedule", instance), dg.RunRequest)
+    assert isinstance(tick(schedule, instance), dg.RunRequest)
 
 
 def test_finished_runs_do_not_hold_a_tick(dbs: Databases, instance) -> None:
@@ -181,6 +190,7 @@ def test_schedule_and_sensor_list_show_stopped_when_the_scheduler_is_disabled(da
     assert "Sensor: databases_health_sensor [STOPPED]" in sensors.stdout
     assert "Sensor: validate_after_sync_sensor [RUNNING]" in sensors.stdout
     assert "Sensor: product_changes_sensor [STOPPED]" in sensors.stdout
+    assert "Sensor: cart_changes_sensor [STOPPED]" in sensors.stdout
 
 
 def test_schedule_and_sensor_list_show_running_when_the_scheduler_is_enabled(dagster_env: dict) -> None:
@@ -194,6 +204,7 @@ def test_schedule_and_sensor_list_show_running_when_the_scheduler_is_enabled(dag
     assert "Schedule: cart_sync_schedule [RUNNING]" in schedules.stdout
     assert "Sensor: databases_health_sensor [RUNNING]" in sensors.stdout
     assert "Sensor: product_changes_sensor [RUNNING]" in sensors.stdout
+    assert "Sensor: cart_changes_sensor [RUNNING]" in sensors.stdout
 
 
 def test_dagster_home_is_needed_to_list_schedules(dagster_env: dict) -> None:

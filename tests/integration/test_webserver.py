@@ -16,10 +16,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from local.cdc_demo import change_a_price_and_wait, start_sensor, stop_sensor
+from local.cdc_demo import (
+    CART_SENSOR,
+    PRODUCT_SENSOR,
+    change_a_cart_and_wait,
+    change_a_price_and_wait,
+    drop_cart_slot,
+    start_sensor,
+    stop_sensor,
+)
 from local.dagster_dev import DagsterDev
-from tests.factories import expected_row, product_doc
-from tests.helpers import copy_products
+from tests.factories import expected_doc, expected_row, new_cart, new_product, product_doc
+from tests.helpers import copy_carts, copy_products, settings
 from tests.integration.helpers import dagster_job_execute, run_id_of
 from tests.session import Databases
 
@@ -167,7 +175,7 @@ def test_graphql_answers_hold_no_secret(dbs: Databases, dagster_dev: DagsterDev)
     assert leaked == []  # ...and never their values
 
 
-def test_the_daemon_runs_the_change_sensor_and_its_run_repairs_a_changed_price_within_an_interval(
+def test_the_daemon_runs_the_product_change_sensor_and_its_run_repairs_a_changed_price_within_an_interval(
     dbs: Databases, dagster_dev: DagsterDev
 ) -> None:
     docs = [product_doc() for _ in range(5)]
@@ -176,15 +184,45 @@ def test_the_daemon_runs_the_change_sensor_and_its_run_repairs_a_changed_price_w
         copy_products(conn, [expected_row(doc) for doc in docs])
     interval = int(dagster_dev.env["PRODUCT_CDC_INTERVAL_SECONDS"])
 
-    start_sensor(dagster_dev)
+    start_sensor(dagster_dev, PRODUCT_SENSOR)
     try:
         repair = change_a_price_and_wait(dagster_dev, dbs.stack, docs[2]["_id"], timeout=interval + RUN_START_UP_S)
     finally:
-        stop_sensor(dagster_dev)
+        stop_sensor(dagster_dev, PRODUCT_SENSOR)
 
-    assert dbs.product_rows()[str(docs[2]["_id"])][2] == repair.new_price == repair.old_price + 111
+    assert dbs.product_rows()[str(docs[2]["_id"])][2] == docs[2]["price"] + 111
     assert repair.seen_after_s < interval + RUN_START_UP_S
     assert repair.keys == 1
     assert repair.change_lag_s is not None and 0 < repair.change_lag_s < interval + RUN_START_UP_S
     others = {str(doc["_id"]): expected_row(doc) for doc in docs if doc is not docs[2]}
     assert {key: row for key, row in dbs.product_rows().items() if key in others} == others
+
+
+def test_the_daemon_runs_the_cart_change_sensor_and_its_run_repairs_a_changed_cart_within_an_interval(
+    dbs: Databases, dagster_dev: DagsterDev
+) -> None:
+    product = new_product()
+    carts = [new_cart(product) for _ in range(3)]
+    with dbs.cart_conn() as conn:
+        copy_products(conn, [product])
+        copy_carts(conn, carts)
+    dbs.order_db.carts.insert_many([expected_doc(cart, product) for cart in carts])
+    interval = int(dagster_dev.env["CART_CDC_INTERVAL_SECONDS"])
+
+    start_sensor(dagster_dev, CART_SENSOR)  # its first tick creates the slot
+    try:
+        repair = change_a_cart_and_wait(dagster_dev, dbs.stack, carts[1].id, timeout=interval + RUN_START_UP_S)
+    finally:
+        stop_sensor(dagster_dev, CART_SENSOR)
+        drop_cart_slot(dbs.stack, settings.cart_cdc_slot)
+
+    changed = carts[1]._replace(quantity=carts[1].quantity + 1, version=carts[1].version + 1)
+    documents = {doc["cartId"]: doc for doc in dbs.order_db.carts.find({}, {"_id": 0, "createdAt": 0, "updatedAt": 0})}
+    assert documents == {
+        carts[0].id: expected_doc(carts[0], product),
+        changed.id: expected_doc(changed, product),
+        carts[2].id: expected_doc(carts[2], product),
+    }
+    assert repair.seen_after_s < interval + RUN_START_UP_S
+    assert repair.keys == 1
+    assert repair.change_lag_s is not None and 0 < repair.change_lag_s < interval + RUN_START_UP_S

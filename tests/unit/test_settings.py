@@ -29,7 +29,8 @@ def test_defaults_are_the_old_services() -> None:
     assert settings.enable_scheduler is True
     assert (settings.sync_batch_size, settings.cart_sync_batch_size) == (1000, 1000)
     assert settings.timezone == "UTC"
-    assert settings.product_cdc_interval_seconds == 30
+    assert settings.product_cdc_interval_seconds == settings.cart_cdc_interval_seconds == 30
+    assert settings.cart_cdc_slot == "etl_sync_carts"
 
 
 def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -61,6 +62,16 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
             "PRODUCT_CDC_INTERVAL_SECONDS",
             "0",
             "PRODUCT_CDC_INTERVAL_SECONDS='0' Input should be greater than or equal to 1",
+        ),
+        (
+            "CART_CDC_INTERVAL_SECONDS",
+            "3601",
+            "CART_CDC_INTERVAL_SECONDS='3601' Input should be less than or equal to 3600",
+        ),
+        (
+            "CART_CDC_SLOT",
+            "Carts-Slot",
+            "CART_CDC_SLOT='Carts-Slot' is not a replication slot name (1 to 63 lower-case letters, digits or",
         ),
         (
             "PRODUCT_CDC_INTERVAL_SECONDS",
