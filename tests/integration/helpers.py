@@ -1,12 +1,18 @@
-"""Helpers of the integration tests: the `dagster` CLI in a subprocess."""
+"""Helpers of the integration tests: the `dagster` CLI in a subprocess, a sync lock held elsewhere, sensor logs."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from local.dagster_dev import dagster_job_execute as job_execute
+from local.stack import CART_DB
+from resources import PostgresResource
+from tests.session import Databases
 
 
 def run_id_of(job: str, cli_output: str) -> str:
@@ -24,3 +30,25 @@ def dagster_job_execute(
         config_file = tmp_path / "run_config.yaml"
         config_file.write_text(config)
     return job_execute(env, job, config_file)
+
+
+@contextmanager
+def sync_lock_held_elsewhere(dbs: Databases, pipeline: str) -> Iterator[None]:
+    """The pipeline's advisory lock held by another session, as a full sync started in a terminal holds it."""
+    other_run = PostgresResource(url=dbs.stack.pg_url(CART_DB))
+    try:
+        with other_run.advisory_lock(pipeline):
+            yield
+    finally:
+        other_run.dispose()
+
+
+class LogLines(logging.Handler):
+    """Collects the messages of a logger it is added to (a sensor's `context.log`)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())

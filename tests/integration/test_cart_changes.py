@@ -6,7 +6,6 @@ run it requests is executed for real with its run config and tags, as the daemon
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,11 @@ from local.stack import CART_DB, MAX_SLOT_WAL_KEEP_SIZE, LocalStack, free_port
 from resources import PostgresResource
 from tests.factories import Cart, expected_doc, new_cart, new_product
 from tests.helpers import copy_carts, copy_products, defs, settings
+from tests.integration.helpers import LogLines, sync_lock_held_elsewhere
 from tests.session import Databases
 
 SENSOR = "cart_changes_sensor"
 SLOT = settings.cart_cdc_slot
-
-
-class _Lines(logging.Handler):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__()
-        self.lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def tick(
@@ -46,7 +37,7 @@ def tick(
     resources = {**defs.resources, **({"cart_db": cart_db} if cart_db is not None else {})}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         if log is not None:
-            context.log.addHandler(_Lines(log))
+            context.log.addHandler(LogLines(log))
         result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
@@ -157,12 +148,8 @@ def test_a_run_that_fails_before_committing_leaves_the_slot_and_the_next_tick_as
     [request] = tick(instance).run_requests
     before = slot_lsn(dbs)
 
-    other_run = PostgresResource(url=dbs.stack.pg_url(CART_DB))
-    try:
-        with other_run.advisory_lock("carts"):  # a full cart sync holds it, started in a terminal
-            failed = execute(instance, request)
-    finally:
-        other_run.dispose()
+    with sync_lock_held_elsewhere(dbs, "carts"):  # a full cart sync holds it, started in a terminal
+        failed = execute(instance, request)
 
     assert not failed.success
     assert slot_lsn(dbs) == before

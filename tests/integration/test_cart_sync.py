@@ -28,6 +28,7 @@ from local.stack import CART_DB, ORDER_DB
 from resources import MongoResource, PostgresResource
 from tests.factories import Cart, expected_doc, new_cart, new_product
 from tests.helpers import MongoCommand, copy_carts, copy_products, defs, mongo_commands
+from tests.integration.helpers import sync_lock_held_elsewhere
 from tests.session import Databases
 
 LONG_AGO = datetime(2024, 1, 1, tzinfo=UTC)
@@ -636,12 +637,8 @@ def test_full_sync_skips_the_carts_when_the_product_sync_fails(dbs: Databases, i
     product = new_product()
     insert_products(dbs, product)
     insert_carts(dbs, new_cart(product))
-    other_run = PostgresResource(url=dbs.stack.pg_url(CART_DB))
-    try:
-        with other_run.advisory_lock("products"):  # a product sync is running elsewhere
-            result = run_job(instance, "full_sync_job")
-    finally:
-        other_run.dispose()
+    with sync_lock_held_elsewhere(dbs, "products"):  # a product sync is running elsewhere
+        result = run_job(instance, "full_sync_job")
 
     assert not result.success
     assert [e.step_key for e in result.get_step_failure_events()] == ["sync_products"]

@@ -6,7 +6,6 @@ run it requests is executed for real with its run config and tags, as the daemon
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Any
@@ -21,22 +20,12 @@ from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.products.sensors import CHANGES_TRIGGER, HISTORY_LOST_TRIGGER, MAX_KEYS_PER_RUN, ChangesCursor
 from etl_defs.run_config import MAX_SYNC_KEYS
 from etl_defs.tags import OLDEST_CHANGE_TAG, TRIGGER_TAG
-from local.stack import CART_DB
-from resources import PostgresResource
 from tests.factories import expected_row, product_doc
 from tests.helpers import copy_products, defs, mongo_commands, settings
+from tests.integration.helpers import LogLines, sync_lock_held_elsewhere
 from tests.session import Databases
 
 SENSOR = "product_changes_sensor"
-
-
-class _Lines(logging.Handler):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__()
-        self.lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def tick(instance: dg.DagsterInstance, cursor: str | None, log: list[str] | None = None) -> dg.SensorResult:
@@ -44,7 +33,7 @@ def tick(instance: dg.DagsterInstance, cursor: str | None, log: list[str] | None
     sensor = defs.resolve_sensor_def(SENSOR)
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
         if log is not None:
-            context.log.addHandler(_Lines(log))
+            context.log.addHandler(LogLines(log))
         result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
@@ -282,12 +271,8 @@ def test_a_keyed_run_that_finds_the_lock_held_fails_and_its_keys_are_requested_a
     first = tick(instance, cursor)
     [request] = first.run_requests
 
-    other_run = PostgresResource(url=dbs.stack.pg_url(CART_DB))
-    try:
-        with other_run.advisory_lock("products"):  # a full product sync holds it, started in a terminal
-            failed = execute(instance, request)
-    finally:
-        other_run.dispose()
+    with sync_lock_held_elsewhere(dbs, "products"):  # a full product sync holds it, started in a terminal
+        failed = execute(instance, request)
     assert not failed.success
     assert "another run holds the 'products' sync lock" in failure_message(failed)
 
