@@ -10,7 +10,6 @@ import dagster as dg
 
 from etl_defs.run_config import SyncOpConfig
 from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncScope, SyncSpec, SyncStopped, run_sync
-from etl_defs.sync.scope import WHOLE_TABLE
 from etl_defs.tags import OLDEST_CHANGE_TAG
 from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
@@ -24,7 +23,7 @@ _TERMINATING = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 SCOPE_KEY = "scope"
 
 
-def report_metadata(report: SyncReport, scope: SyncScope = WHOLE_TABLE) -> dict[str, Any]:
+def report_metadata(report: SyncReport, scope: SyncScope) -> dict[str, Any]:
     """Numeric figures (same keys every run, so the UI plots them) plus the scope and sample keys."""
     metadata: dict[str, Any] = dict(report.figures())
     metadata["dry_run"] = report.dry_run

@@ -1,4 +1,6 @@
-"""The run tags the service sets and reads, in one place."""
+"""The run tags the service sets and reads, in one place, and the run keys of the change sensors."""
+
+import hashlib
 
 #: `products`, `carts` or `full`: dagster.yaml's run queue lets one run per value through.
 PIPELINE_TAG = "etl-sync/pipeline"
@@ -13,3 +15,9 @@ VALIDATES_RUN_TAG = "etl-sync/validates-run"
 VALIDATES_JOB_TAG = "etl-sync/validates-job"
 #: On a keyed run a change sensor requested: the cluster time of the oldest change it covers (ISO 8601).
 OLDEST_CHANGE_TAG = "etl-sync/oldest-change-at"
+
+
+def run_key(trigger: str, *parts: str) -> str:
+    """`<trigger>-<digest of parts>`: the same parts (a token or LSN span) always give the same key, so a
+    sensor tick evaluated twice requests a run the daemon has already launched, and skips it."""
+    return f"{trigger}-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -158,19 +158,27 @@ class PostgresResource(dg.ConfigurableResource):
             raise DatabaseUnavailableError(f"{self.display_name} is unavailable: {first_line(original)}") from None
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, autocommit: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled psycopg connection; rolled back and returned to the pool afterwards.
 
-        After any error or interrupt the connection is discarded, and a statement still
-        running on the server is cancelled first, so its transaction ends now (rolled back)
-        instead of holding its locks until the statement finishes.
+        With `autocommit`, each statement commits on its own (a function that refuses to run
+        in a transaction block, or transactions the caller opens itself); the connection goes
+        back to the pool in its usual mode. After any error or interrupt the connection is
+        discarded, and a statement still running on the server is cancelled first, so its
+        transaction ends now (rolled back) instead of holding its locks until it finishes.
         """
         with self.translated_errors():
             pooled = self.engine.raw_connection()
         raw: psycopg.Connection = pooled.driver_connection  # type: ignore[assignment]
         try:
             with self.translated_errors():
+                if autocommit:
+                    raw.autocommit = True
                 yield raw
+                if autocommit:
+                    # Not in a `finally`: after a failure the connection may be mid-statement or
+                    # broken, where this would raise over the real error; it is discarded then anyway.
+                    raw.autocommit = False
         except BaseException:
             if raw.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
                 with suppress(Exception):
@@ -277,20 +285,16 @@ class PostgresResource(dg.ConfigurableResource):
 
     def create_slot(self) -> str:
         """Create the slot (decoding with `DECODING_PLUGIN`); its LSN, from which it gives changes."""
-        with self.connection() as conn:
-            conn.autocommit = True
+        with self.connection(autocommit=True) as conn:
             (lsn,) = conn.execute(
                 "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, %s)",
                 (self.replication_slot, DECODING_PLUGIN),
             ).fetchone()  # type: ignore[misc]
-            conn.autocommit = False
         return lsn
 
     def drop_slot(self) -> None:
-        with self.connection() as conn:
-            conn.autocommit = True
+        with self.connection(autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (self.replication_slot,))
-            conn.autocommit = False
 
     def peek_changes(self, max_changes: int) -> list[tuple[str, str]]:
         """(lsn, text) of the slot's pending changes, whole transactions, stopping once `max_changes`
@@ -314,18 +318,15 @@ class PostgresResource(dg.ConfigurableResource):
 
     def advance_slot(self, lsn: str) -> bool:
         """Mark the slot's changes up to `lsn` consumed; False when it already was there or past it."""
-        with self.connection() as conn:
-            conn.autocommit = True
+        with self.connection(autocommit=True) as conn:
             row = conn.execute(
                 "SELECT confirmed_flush_lsn < %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
                 (lsn, self.replication_slot),
             ).fetchone()
             if row is None:
-                conn.autocommit = False
                 raise ReplicationSlotLostError(f"replication slot {self.replication_slot} no longer exists")
             if row[0]:
                 conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.replication_slot, lsn))
-            conn.autocommit = False
         return bool(row[0])
 
     def dispose(self) -> None:

@@ -7,15 +7,13 @@ the slot once its writes committed. How it keeps nothing lost: docs/automation.m
 
 from __future__ import annotations
 
-import hashlib
-
 import dagster as dg
 
 from etl_defs.carts.changes import parse_changes
 from etl_defs.carts.endpoints import carts_holding
 from etl_defs.schedules import IN_FLIGHT_STATUSES
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import CART_CHANGES_TRIGGER, OLDEST_CHANGE_TAG, TRIGGER_TAG
+from etl_defs.tags import CART_CHANGES_TRIGGER, OLDEST_CHANGE_TAG, TRIGGER_TAG, run_key
 from resources import DatabaseUnavailableError, PostgresResource, ReplicationSlotLostError
 from resources.postgres import SlotState
 
@@ -31,10 +29,6 @@ MAX_KEYS_PER_RUN = 5000
 #: The most changes one tick peeks at (whole transactions: one larger transaction is read whole).
 MAX_CHANGES_PER_TICK = 5000
 _ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def setup_problem(state: SlotState, slot: str) -> str | None:
@@ -57,13 +51,13 @@ def setup_problem(state: SlotState, slot: str) -> str | None:
     return None
 
 
-def _slot_consumers(instance: dg.DagsterInstance, job_name: str, **filters: object) -> list[dg.DagsterRun]:
-    """Runs of `job_name` this sensor requested to consume the slot, newest first."""
-    return list(
-        instance.get_runs(
-            filters=dg.RunsFilter(job_name=job_name, tags={TRIGGER_TAG: list(SLOT_CONSUMERS)}, **filters), limit=1
-        )
-    )
+def _newest_slot_consumer(
+    instance: dg.DagsterInstance, job_name: str, statuses: list[dg.DagsterRunStatus] | None = None
+) -> dg.DagsterRun | None:
+    """The newest run of `job_name` this sensor requested to consume the slot (in one of `statuses`)."""
+    filters = dg.RunsFilter(job_name=job_name, tags={TRIGGER_TAG: list(SLOT_CONSUMERS)}, statuses=statuses or [])
+    runs = instance.get_runs(filters=filters, limit=1)
+    return runs[0] if runs else None
 
 
 def build_cart_changes_sensor(settings: SyncSettings, cart_sync_job: dg.JobDefinition) -> dg.SensorDefinition:
@@ -104,10 +98,10 @@ def _tick(context: dg.SensorEvaluationContext, cart_db: PostgresResource, job_na
         )
     if state.wal_status == "lost":
         return _slot_lost(context, cart_db, f"replication slot {slot} is lost (wal_status = lost)")
-    running = _slot_consumers(context.instance, job_name, statuses=IN_FLIGHT_STATUSES)
-    if running:
+    running = _newest_slot_consumer(context.instance, job_name, IN_FLIGHT_STATUSES)
+    if running is not None:
         return dg.SensorResult(
-            skip_reason=f"cart_sync_job run {running[0].run_id} is still applying the slot's changes; "
+            skip_reason=f"cart_sync_job run {running.run_id} is still applying the slot's changes; "
             "the slot is read again once it has advanced it"
         )
     try:
@@ -124,8 +118,9 @@ def _tick(context: dg.SensorEvaluationContext, cart_db: PostgresResource, job_na
             f"(products without carts, or other tables): slot {slot} advanced past them"
         )
     # A run that failed left the slot where it was: this span is asked for again, under a new run key.
-    failed = [run.run_id for run in _slot_consumers(context.instance, job_name) if run.status in _ENDED_BADLY]
-    run_key = _digest(changes.first_lsn or "", changes.up_to_lsn, *failed)
+    newest = _newest_slot_consumer(context.instance, job_name)
+    failed = [newest.run_id] if newest is not None and newest.status in _ENDED_BADLY else []
+    span = (changes.first_lsn or "", changes.up_to_lsn, *failed)
     tags = {OLDEST_CHANGE_TAG: changes.oldest_commit.isoformat()} if changes.oldest_commit else {}
     summary = (
         f"{changes.changes} changes in {changes.transactions} transactions up to {changes.up_to_lsn}: "
@@ -139,11 +134,11 @@ def _tick(context: dg.SensorEvaluationContext, cart_db: PostgresResource, job_na
         )
         context.log.info(f"{summary}; {why}: requesting a full cart_sync_job that advances the slot")
         return _request(
-            f"{CHANGES_FULL_TRIGGER}-{run_key}", {"advance_slot_to": changes.up_to_lsn}, CHANGES_FULL_TRIGGER, tags
+            run_key(CHANGES_FULL_TRIGGER, *span), {"advance_slot_to": changes.up_to_lsn}, CHANGES_FULL_TRIGGER, tags
         )
     context.log.info(f"{summary}: requesting a sync of {len(carts)} carts")
     config = {"keys": sorted(carts), "advance_slot_to": changes.up_to_lsn}
-    return _request(f"{CART_CHANGES_TRIGGER}-{run_key}", config, CART_CHANGES_TRIGGER, tags)
+    return _request(run_key(CART_CHANGES_TRIGGER, *span), config, CART_CHANGES_TRIGGER, tags)
 
 
 def _request(run_key: str, run_config: dict, trigger: str, tags: dict[str, str]) -> dg.SensorResult:
@@ -159,4 +154,4 @@ def _slot_lost(context: dg.SensorEvaluationContext, cart_db: PostgresResource, w
     context.log.warning(
         f"{why}; recreated it at {lsn} and requesting a full cart_sync_job for the changes it can no longer give"
     )
-    return _request(f"{SLOT_LOST_TRIGGER}-{_digest(lsn)}", {}, SLOT_LOST_TRIGGER, {})
+    return _request(run_key(SLOT_LOST_TRIGGER, lsn), {}, SLOT_LOST_TRIGGER, {})

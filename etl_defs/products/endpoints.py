@@ -108,12 +108,8 @@ class ProductSyncEndpoints:
         """Insert the plan's missing rows and update its changed ones, in one transaction."""
         rows = plan.missing + [row for row, _ in plan.changed]
         result = WriteResult()
-        with self.cart_db.connection() as conn:
-            conn.autocommit = True
+        with self.cart_db.connection(autocommit=True) as conn:  # each batch opens its own transaction
             self._write_isolating_bad_rows(conn, rows, result)
-            # Not in a `finally`: after a failure the connection may be mid-statement or broken,
-            # where this would raise over the real error; `connection()` discards it then anyway.
-            conn.autocommit = False
         return result
 
     def _write_isolating_bad_rows(self, conn: psycopg.Connection, rows: list[ProductRow], result: WriteResult) -> None:

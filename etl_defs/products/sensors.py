@@ -7,8 +7,8 @@ lost (history lost, failed runs, the lock): docs/automation.md.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,7 +24,7 @@ from etl_defs.products.changes import (
     token_text,
 )
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
+from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG, run_key
 from resources import DatabaseUnavailableError, MongoResource
 
 SENSOR_NAME = "product_changes_sensor"
@@ -61,10 +61,6 @@ class ChangesCursor:
     def text(self) -> str:
         token = token_text(self.token) if self.token is not None else None
         return json.dumps({"token": token, "failures_until": self.failures_until}, sort_keys=True)
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def failed_keyed_runs(
@@ -104,8 +100,9 @@ def keyed_run_request(changes: ProductChanges, keys: set[str], retried: list[dg.
         default=datetime.now(UTC),
     )
     return dg.RunRequest(
-        run_key=f"{CHANGES_TRIGGER}-"
-        + _digest(token_text(changes.start), token_text(changes.end), *sorted(run.run_id for run in retried)),
+        run_key=run_key(
+            CHANGES_TRIGGER, token_text(changes.start), token_text(changes.end), *sorted(r.run_id for r in retried)
+        ),
         run_config={"keys": sorted(keys)},
         tags={TRIGGER_TAG: CHANGES_TRIGGER, OLDEST_CHANGE_TAG: oldest.isoformat()},
     )
@@ -145,7 +142,7 @@ def build_product_changes_sensor(settings: SyncSettings, product_sync_job: dg.Jo
                 return dg.SensorResult(
                     skip_reason="first tick: following the products change stream from now on (a full "
                     "product_sync_job repairs anything older)",
-                    cursor=ChangesCursor(token=token, failures_until=_now()).text(),
+                    cursor=ChangesCursor(token=token, failures_until=time.time()).text(),
                 )
             retried, retried_keys, failures_until = failed_keyed_runs(
                 context.instance, product_sync_job.name, cursor.failures_until, MAX_KEYS_PER_RUN
@@ -195,13 +192,9 @@ def _history_lost(
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"{HISTORY_LOST_TRIGGER}-{_digest(token_text(token))}",
+                run_key=run_key(HISTORY_LOST_TRIGGER, token_text(token)),
                 tags={TRIGGER_TAG: HISTORY_LOST_TRIGGER},
             )
         ],
         cursor=ChangesCursor(token=token, failures_until=cursor.failures_until).text(),
     )
-
-
-def _now() -> float:
-    return datetime.now(UTC).timestamp()
