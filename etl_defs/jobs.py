@@ -7,8 +7,9 @@ from typing import Any
 import dagster as dg
 from pydantic import ValidationError
 
-from etl_defs.carts.ops import check_cart_sync_ready, sync_carts
-from etl_defs.products.ops import check_product_sync_ready, sync_products
+from etl_defs.carts.ops import CART_SYNC_OPS, check_cart_sync_ready, sync_cart_range, sync_carts
+from etl_defs.executors import execution_config, sync_executor
+from etl_defs.products.ops import PRODUCT_SYNC_OPS, check_product_sync_ready, sync_product_range, sync_products
 from etl_defs.run_config import (
     KEYED_CART_FIELDS,
     CartSyncOpConfig,
@@ -28,6 +29,11 @@ class InvalidRunConfigError(dg.DagsterError):
     UI's launch error) instead of wrapping it in "the config mapping function has thrown an
     unexpected error".
     """
+
+
+def _ops_config(ops: tuple[dg.OpDefinition, ...], config: dict[str, Any]) -> dict[str, Any]:
+    """The same validated op config for each of a sync's ops."""
+    return {op.name: config for op in ops}
 
 
 def _op_config(config: dict[str, Any], model: type[SyncOpConfig] = SyncOpConfig) -> dict[str, Any]:
@@ -60,12 +66,16 @@ def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
     @dg.config_mapping(config_schema=launchpad_schema(ProductSyncOpConfig, batch_size=settings.sync_batch_size))
     def product_sync_config(config: dict[str, Any]) -> dict[str, Any]:
-        return {"ops": {"sync_products": _op_config(config, ProductSyncOpConfig)}}
+        op_config = _op_config(config, ProductSyncOpConfig)
+        return {
+            "ops": _ops_config(PRODUCT_SYNC_OPS, op_config),
+            "execution": execution_config(settings, op_config["config"]["parallelism"], [sync_product_range]),
+        }
 
     @dg.job(
         config=product_sync_config,
         tags={PIPELINE_TAG: "products"},
-        executor_def=dg.in_process_executor,
+        executor_def=sync_executor(settings),
         description="Copy products from the Product MongoDB into the Cart PostgreSQL: insert missing, update changed.",
     )
     def product_sync_job() -> None:
@@ -79,12 +89,16 @@ def build_cart_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
     @dg.config_mapping(config_schema=launchpad_schema(CartSyncOpConfig, batch_size=settings.cart_sync_batch_size))
     def cart_sync_config(config: dict[str, Any]) -> dict[str, Any]:
-        return {"ops": {"sync_carts": _op_config(config, CartSyncOpConfig)}}
+        op_config = _op_config(config, CartSyncOpConfig)
+        return {
+            "ops": _ops_config(CART_SYNC_OPS, op_config),
+            "execution": execution_config(settings, op_config["config"]["parallelism"], [sync_cart_range]),
+        }
 
     @dg.job(
         config=cart_sync_config,
         tags={PIPELINE_TAG: "carts"},
-        executor_def=dg.in_process_executor,
+        executor_def=sync_executor(settings),
         description=(
             "Copy carts (joined with their products) from the Cart PostgreSQL into the Order MongoDB: insert "
             "missing, update outdated and changed under a version guard, never overwrite a newer cart."
@@ -116,12 +130,18 @@ def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
         override = config.get("batch_size")  # None: each sync keeps its own default; 0 is refused, not a default
         products = {**config, "batch_size": settings.sync_batch_size if override is None else override}
         carts = {**config, "batch_size": settings.cart_sync_batch_size if override is None else override}
-        return {"ops": {"sync_products": _op_config(products), "sync_carts": _op_config(carts, CartSyncOpConfig)}}
+        product_config, cart_config = _op_config(products, ProductSyncOpConfig), _op_config(carts, CartSyncOpConfig)
+        return {
+            "ops": {**_ops_config(PRODUCT_SYNC_OPS, product_config), **_ops_config(CART_SYNC_OPS, cart_config)},
+            "execution": execution_config(
+                settings, product_config["config"]["parallelism"], [sync_product_range, sync_cart_range]
+            ),
+        }
 
     @dg.job(
         config=full_sync_config,
         tags={PIPELINE_TAG: "full"},
-        executor_def=dg.in_process_executor,
+        executor_def=sync_executor(settings),
         description=(
             "Product sync, then cart sync, in one run: a product's new price reaches the Order DB's carts. "
             "The cart sync is skipped when the product sync fails."

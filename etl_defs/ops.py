@@ -1,15 +1,29 @@
-"""Dagster glue shared by both sync ops: preflight, advisory lock, retries, termination, figures as metadata."""
+"""Dagster glue shared by both syncs' ops: preflight, the split into key ranges, advisory lock, retries,
+termination, and the summed figures as metadata."""
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
 
 from etl_defs.run_config import SyncOpConfig
-from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncScope, SyncSpec, SyncStopped, run_sync
+from etl_defs.sync import (
+    Change,
+    KeyRange,
+    SyncEndpoints,
+    SyncReport,
+    SyncScope,
+    SyncSpec,
+    SyncStopped,
+    even_points,
+    ranges_between,
+    run_sync,
+)
 from etl_defs.tags import OLDEST_CHANGE_TAG
 from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
@@ -21,6 +35,16 @@ TERMINATION_POLL_S = 1.0
 _TERMINATING = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 #: The metadata key that says what a sync covered (`SyncScope.kind`): `table`, `user` or `keys`.
 SCOPE_KEY = "scope"
+
+
+class SplittableEndpoints(Protocol):
+    """Endpoints that can say where to cut their scope into key ranges of about equal size."""
+
+    scope: SyncScope
+
+    def split_points(self, parts: int) -> list[str]:
+        """Up to `parts - 1` keys to cut the whole scope at (no key set: those are cut at their own quantiles)."""
+        ...
 
 
 def report_metadata(report: SyncReport, scope: SyncScope) -> dict[str, Any]:
@@ -84,7 +108,63 @@ def check_sync_ready(
         )
 
 
-def run_sync_op(
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """What one range step of a sync did: its report, when it ran, and the CPU its process spent."""
+
+    key_range: KeyRange
+    report: SyncReport
+    started_at: float  # epoch seconds
+    finished_at: float
+    cpu_s: float
+    pid: int
+
+    def figures(self) -> dict[str, Any]:
+        """The range and its main figures, for the run's `ranges` metadata."""
+        report = self.report
+        return {
+            "range": self.key_range.describe(),
+            "source_rows": report.source_rows,
+            **{change.value: report.counts[change] for change in Change if report.counts[change]},
+            "inserted": report.inserted,
+            "updated": report.updated,
+            "deleted": report.deleted,
+            "duration_s": round(report.duration_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+        }
+
+
+def range_mapping_key(index: int, count: int) -> str:
+    """The step key suffix of a range step: `range_2_of_4`."""
+    return f"range_{index + 1}_of_{count}"
+
+
+def split_sync(
+    context: dg.OpExecutionContext, config: SyncOpConfig, endpoints: SplittableEndpoints
+) -> Iterator[dg.DynamicOutput[KeyRange]]:
+    """Cut the sync's scope into at most `config.parallelism` key ranges, one dynamic output each.
+
+    A set of keys is cut at its own quantiles; the whole table (or one user's carts) at the
+    split points the endpoints take from the data.
+    """
+    scope = endpoints.scope
+    with retried_while_unavailable(context):
+        if scope.keys is not None:
+            points = even_points(scope.keys, config.parallelism)
+        else:
+            points = endpoints.split_points(config.parallelism)
+    ranges = ranges_between(points)
+    if config.parallelism > 1:
+        shown = ", ".join(key_range.describe() for key_range in ranges)
+        context.log.info(
+            f"{scope.describe()}: {len(ranges)} key range{'s' if len(ranges) != 1 else ''} "
+            f"(parallelism {config.parallelism}): {shown}"
+        )
+    for index, key_range in enumerate(ranges):
+        yield dg.DynamicOutput(key_range, mapping_key=range_mapping_key(index, len(ranges)))
+
+
+def run_range_op(
     context: dg.OpExecutionContext,
     config: SyncOpConfig,
     *,
@@ -92,20 +172,24 @@ def run_sync_op(
     endpoints: SyncEndpoints,
     lock_db: PostgresResource,
     asset_key: dg.AssetKey,
-) -> dg.Output[dict[str, Any]]:
-    """Run one sync inside an op and report it the Dagster way.
+) -> dg.Output[RangeResult]:
+    """Sync one key range of a run (the whole table when the run is not split), the Dagster way.
 
-    A real run holds the pipeline's advisory lock, so two runs never write at once even
-    when one bypasses the run queue. A database that is unreachable is retried with
-    backoff, and the retry resumes after the last key written (see `save_checkpoint`); bad
-    data is never retried (it is rejected record by record instead).
+    A real run holds the pipeline's advisory lock for its run id: the range steps of one run
+    share it, and no other run, even one that bypasses the run queue, writes at the same
+    time. A database that is unreachable is retried with backoff, and the retry resumes
+    after the last key written (see `save_checkpoint`); bad data is never retried (it is
+    rejected record by record instead).
     """
     scope = endpoints.scope
     context.log.info(f"{spec.name} sync of {scope.describe()}")
     fault_note = (
         "batches written before the fault stay written; run the sync again once the database is back to repair the rest"
     )
-    report = resumed_report(context, spec, config, asset_key) or SyncReport(pipeline=spec.name, dry_run=config.dry_run)
+    report = resumed_report(context, spec, config, asset_key, scope.key_range) or SyncReport(
+        pipeline=spec.name, dry_run=config.dry_run
+    )
+    started_at, cpu_before = time.time(), time.process_time()
 
     def sync(lock_still_held: Callable[[], None] | None = None) -> SyncReport:
         return run_sync(
@@ -120,20 +204,46 @@ def run_sync_op(
             report=report,
         )
 
+    range_note = "" if scope.key_range.is_whole else f" (range {scope.key_range.describe()})"
     try:
         with retried_while_unavailable(
-            context, after_failure=fault_note, before_retry=lambda: save_checkpoint(context, report, asset_key)
+            context,
+            after_failure=fault_note + range_note,
+            before_retry=lambda: save_checkpoint(context, report, asset_key, scope.key_range),
         ):
             if config.dry_run:
                 report = sync()
             else:
-                with lock_db.advisory_lock(spec.name) as lock_still_held:
+                with lock_db.advisory_lock(spec.name, holder=context.run_id) as lock_still_held:
                     report = sync(lock_still_held)
     except SyncStopped as stopped:
         # Dagster's own way to end a terminated step: the run ends CANCELED, not FAILED.
         context.log.warning(str(stopped))
         raise dg.DagsterExecutionInterruptedError(str(stopped)) from None
+    result = RangeResult(
+        scope.key_range, report, started_at, time.time(), time.process_time() - cpu_before, os.getpid()
+    )
+    return dg.Output(result, metadata={**report.figures(), "cpu_s": round(result.cpu_s, 3)})
+
+
+def report_sync_op(
+    context: dg.OpExecutionContext,
+    config: SyncOpConfig,
+    *,
+    spec: SyncSpec,
+    scope: SyncScope,
+    results: Sequence[RangeResult],
+    asset_key: dg.AssetKey,
+) -> dg.Output[dict[str, Any]]:
+    """Sum the range steps' reports into the run's one report and, unless a dry run, one materialization."""
+    ordered = sorted(results, key=lambda result: (result.key_range.low is not None, result.key_range.low or ""))
+    report = SyncReport.merged(spec.name, config.dry_run, [result.report for result in ordered])
+    report.duration_s = max(r.finished_at for r in ordered) - min(r.started_at for r in ordered)
+    if len(ordered) > 1:
+        context.log.info(f"{len(ordered)} ranges, summed: {report.summary()}")
     metadata = report_metadata(report, scope)
+    metadata["parallelism"] = len(ordered)
+    metadata["ranges"] = dg.MetadataValue.json([result.figures() for result in ordered])
     if not config.dry_run:
         lag = change_lag_s(context)
         if lag is not None:
@@ -160,29 +270,33 @@ def change_lag_s(context: dg.OpExecutionContext) -> float | None:
 
 #: The metadata key of the observation that records how far an interrupted sync got.
 CHECKPOINT_KEY = "sync_checkpoint"
-#: How many of the asset's latest observations a retry looks through for its run's checkpoint.
-_CHECKPOINT_LOOKBACK = 20
+#: How many of the asset's latest observations a retry looks through for its range's checkpoint.
+_CHECKPOINT_LOOKBACK = 200
 
 
-def save_checkpoint(context: dg.OpExecutionContext, report: SyncReport, asset_key: dg.AssetKey) -> None:
+def save_checkpoint(
+    context: dg.OpExecutionContext, report: SyncReport, asset_key: dg.AssetKey, key_range: KeyRange
+) -> None:
     """Record, as an observation of the synced asset in this run, the key through which
-    every batch is written and the figures so far, so that the step's retry goes on from
-    there instead of from the first key. A dry run wrote nothing and records nothing."""
+    every batch of `key_range` is written and the figures so far, so that the step's retry
+    goes on from there instead of from the range's first key. A dry run wrote nothing and
+    records nothing."""
     if report.dry_run or report.resume_after is None:
         return
+    checkpoint = {**report.checkpoint(), "range": [key_range.low, key_range.high]}
     context.log_event(
         dg.AssetObservation(
             asset_key=asset_key,
             description=f"{report.pipeline} sync interrupted after key {report.resume_after!r}; retried from there",
-            metadata={CHECKPOINT_KEY: dg.MetadataValue.json(report.checkpoint())},
+            metadata={CHECKPOINT_KEY: dg.MetadataValue.json(checkpoint)},
         )
     )
 
 
 def resumed_report(
-    context: dg.OpExecutionContext, spec: SyncSpec, config: SyncOpConfig, asset_key: dg.AssetKey
+    context: dg.OpExecutionContext, spec: SyncSpec, config: SyncOpConfig, asset_key: dg.AssetKey, key_range: KeyRange
 ) -> SyncReport | None:
-    """On a retry of the step, the report its earlier attempt checkpointed in this run (None otherwise)."""
+    """On a retry of the step, the report its earlier attempt checkpointed for `key_range` in this run, if any."""
     if context.retry_number == 0 or config.dry_run:
         return None
     records = context.instance.fetch_observations(
@@ -192,7 +306,10 @@ def resumed_report(
         observation = record.asset_observation
         if record.run_id != context.run_id or observation is None or CHECKPOINT_KEY not in observation.metadata:
             continue
-        return SyncReport.from_checkpoint(spec.name, config.dry_run, observation.metadata[CHECKPOINT_KEY].value)
+        checkpoint = observation.metadata[CHECKPOINT_KEY].value
+        if checkpoint.get("range") != [key_range.low, key_range.high]:
+            continue
+        return SyncReport.from_checkpoint(spec.name, config.dry_run, checkpoint)
     return None
 
 

@@ -11,6 +11,7 @@ from bson import ObjectId
 from pydantic import Field, field_validator, model_validator
 
 from etl_defs.settings import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
+from etl_defs.sync import MAX_PARALLELISM
 
 #: The most keys one keyed sync run takes: past it, run the sync over the whole table.
 MAX_SYNC_KEYS = 10_000
@@ -53,6 +54,12 @@ class SyncOpConfig(dg.Config):
         default=DEFAULT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Keys per batch and transaction"
     )
     batch_pause_ms: int = Field(default=0, ge=0, le=60_000, description="Pause after each written batch (ms)")
+    parallelism: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PARALLELISM,
+        description="Key ranges synced side by side, a step each (1: one step, in the run's own process)",
+    )
 
 
 class ProductSyncOpConfig(SyncOpConfig):

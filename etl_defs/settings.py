@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from enum import Enum
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,6 +33,10 @@ MAX_CDC_INTERVAL_S = 3600
 
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
+
+#: `local`: a split run's steps are processes beside the run; `k8s`: each is a Kubernetes pod.
+SyncExecutor = Literal["local", "k8s"]
+_K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
 _SECRET_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)", re.I)
 
@@ -97,6 +101,10 @@ class SyncSettings(BaseModel):
         default=30, alias="CART_CDC_INTERVAL_SECONDS", ge=MIN_CDC_INTERVAL_S, le=MAX_CDC_INTERVAL_S
     )
     cart_cdc_slot: str = Field(default=postgres.DEFAULT_REPLICATION_SLOT, alias="CART_CDC_SLOT")
+    # Where the steps of a run with parallelism > 1 run: processes beside the run (local) or pods (k8s).
+    sync_executor: SyncExecutor = Field(default="local", alias="SYNC_EXECUTOR")
+    range_step_cpu: str = Field(default="1", alias="SYNC_RANGE_STEP_CPU")
+    range_step_memory: str = Field(default="1Gi", alias="SYNC_RANGE_STEP_MEMORY")
 
     @field_validator("product_mongodb_url", "order_mongodb_url")
     @classmethod
@@ -118,6 +126,13 @@ class SyncSettings(BaseModel):
     def _slot_name(cls, value: str) -> str:
         if not re.fullmatch(postgres.SLOT_NAME_PATTERN, value):
             raise ValueError("is not a replication slot name (1 to 63 lower-case letters, digits or underscores)")
+        return value
+
+    @field_validator("range_step_cpu", "range_step_memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not _K8S_QUANTITY.fullmatch(value):
+            raise ValueError("is not a Kubernetes quantity (like 500m, 2, 1Gi or 512Mi)")
         return value
 
     @field_validator("timezone")

@@ -107,6 +107,8 @@ class MongoResource(dg.ConfigurableResource):
         order_by: str,
         batch_size: int,
         hint: str | None = None,
+        index_from: Any = None,
+        index_to: Any = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """Matching documents in ascending `order_by` order, as lists of `batch_size`.
 
@@ -115,6 +117,11 @@ class MongoResource(dg.ConfigurableResource):
         plan a collection scan and an in-memory sort. Leave it out when `query` bounds the
         sorted field: every server then walks the index between the bounds, whereas a hint
         makes some (the embedded SecantusDB) walk the whole index.
+
+        `index_from` (inclusive) and `index_to` (exclusive) bound the walk of the `hint`
+        index on `order_by` (the cursor's `min` and `max`). Unlike `$gte`/`$lt`, which match
+        one BSON type only, they bound the index itself, whose order runs across types, so
+        the walk from the start also finds, say, a string `_id` below every ObjectId.
         """
         with self.translated_errors():
             cursor = (
@@ -125,6 +132,10 @@ class MongoResource(dg.ConfigurableResource):
             )
             if hint is not None:
                 cursor = cursor.hint(hint)
+            if index_from is not None:
+                cursor = cursor.min([(order_by, index_from)])
+            if index_to is not None:
+                cursor = cursor.max([(order_by, index_to)])
             with cursor:
                 batch: list[dict[str, Any]] = []
                 for doc in cursor:

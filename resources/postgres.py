@@ -90,9 +90,25 @@ class SlotState:
     confirmed_lsn: str | None
 
 
+#: How long a sync waits for the lock's gate (held for one check by any other sync starting).
+LOCK_GATE_TIMEOUT_MS = 10_000
+#: Sessions of this database holding the named sync lock for a holder other than the given one.
+_OTHER_HOLDERS_SQL = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid::bigint = %s AND objid::bigint <> %s"
+)
+
+
 def _lock_key(name: str) -> int:
+    """The second half of a two-part advisory lock key (a signed int4)."""
     value = zlib.crc32(name.encode())
     return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def _lock_half(text: str) -> int:
+    """One half (an unsigned int4, as pg_locks shows it) of a one-part (int8) advisory lock key."""
+    return zlib.crc32(f"etl-sync/{text}".encode())
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -230,20 +246,33 @@ class PostgresResource(dg.ConfigurableResource):
         return time.perf_counter() - started
 
     @contextmanager
-    def advisory_lock(self, name: str) -> Iterator[Callable[[], None]]:
-        """Hold a session advisory lock named `name`, or fail fast if another run has it.
+    def advisory_lock(self, name: str, holder: str) -> Iterator[Callable[[], None]]:
+        """Hold the sync lock named `name` for `holder` (a run id), or fail fast if another holder has it.
+
+        Sessions of one holder share the lock: the range steps of one split run write side
+        by side, and any other run, split or not, is kept out. Each session holds a shared
+        advisory lock keyed by the name and its holder, taken under a short exclusive gate
+        that first makes sure no other holder is in.
 
         Yields `still_held()`, which raises `DatabaseUnavailableError` once the session
         holding the lock has ended (killed, cut, server restarted): the lock went with it,
         so the caller must stop writing. Ending the session is also why a failed unlock is
         ignored: there is nothing left to unlock.
         """
-        key = _lock_key(name)
-        with self.connection() as conn:
-            conn.autocommit = True
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, key)).fetchone()
-            if not row or not row[0]:
-                conn.autocommit = False
+        gate, (name_half, holder_half) = _lock_key(name), (_lock_half(name), _lock_half(holder))
+        member = name_half << 32 | holder_half
+        member -= (1 << 64) if member >= (1 << 63) else 0
+        with self.connection(autocommit=True) as conn:
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = '{LOCK_GATE_TIMEOUT_MS}ms'")
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, gate))
+                    [others] = conn.execute(_OTHER_HOLDERS_SQL, (name_half, holder_half)).fetchone() or (0,)
+                    if not others:
+                        conn.execute("SELECT pg_advisory_lock_shared(%s)", (member,))
+            except psycopg.errors.LockNotAvailable:
+                others = 1  # the gate is held for longer than a check takes: another run (an older version) holds it
+            if others:
                 raise SyncAlreadyRunningError(
                     f"another run holds the '{name}' sync lock on {self.display_name}; "
                     "wait for it to finish (this run made no changes)"
@@ -262,8 +291,7 @@ class PostgresResource(dg.ConfigurableResource):
                 yield still_held
             finally:
                 with suppress(psycopg.OperationalError):
-                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, key))
-                    conn.autocommit = False
+                    conn.execute("SELECT pg_advisory_unlock_shared(%s)", (member,))
 
     # ----- logical decoding: the replication slot, through the SQL interface -----
 

@@ -15,9 +15,7 @@ from pymongo.write_concern import WriteConcern
 
 from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow, JoinedCart, cart_doc_key, version_number
 from etl_defs.products.endpoints import product_schema_problems
-from etl_defs.sync.plan import BatchPlan, Rejection
-from etl_defs.sync.runner import WriteResult
-from etl_defs.sync.scope import WHOLE_TABLE, SyncScope
+from etl_defs.sync import WHOLE_TABLE, BatchPlan, Rejection, SyncScope, WriteResult, uuid_points
 from resources import MongoResource, PostgresResource
 from resources.postgres import column_type_problems
 
@@ -147,14 +145,15 @@ class CartSyncEndpoints:
                     ["c.id = ANY(%s::uuid[])"], [[k for k in chunk if _is_canonical_uuid(k)]], batch_size
                 )
             return
-        conditions, params = [], []
-        if self.scope.user_id is not None:
-            conditions.append('c."userId" = %s')
-            params.append(self.scope.user_id)
-        if after is not None:
-            conditions.append("c.id > %s::uuid")
-            params.append(after)
-        yield from self._joined_carts(conditions, params, batch_size)
+        key_range = self.scope.key_range
+        filters = [
+            ('c."userId" = %s', self.scope.user_id),
+            ("c.id >= %s::uuid", key_range.low),
+            ("c.id < %s::uuid", key_range.high),
+            ("c.id > %s::uuid", after),
+        ]
+        conditions = [condition for condition, value in filters if value is not None]
+        yield from self._joined_carts(conditions, [value for _, value in filters if value is not None], batch_size)
 
     def _joined_carts(self, conditions: list[str], params: list[Any], batch_size: int) -> Iterator[list[JoinedCart]]:
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
@@ -171,15 +170,17 @@ class CartSyncEndpoints:
         BSON types would break the byte order the merge relies on. A whole sync walks the
         `cartId_1` index. One user's carts come through the `userId` index, and a chunk of
         keys through `cartId $in`, and are sorted here (they are few), so a narrowed sync
-        costs O(its carts), not a walk of every cart.
+        costs O(its carts), not a walk of every cart. A key range bounds `cartId` with
+        `$gte`/`$lt`, which match strings only, like the whole sync.
         """
         if self.scope.user_id is not None:
             return self._sorted_documents({"userId": self.scope.user_id}, batch_size, after)
         if self.scope.keys is not None:
             return self._documents_of_keys(batch_size, after)
-        query, hint = (
-            ({"cartId": {"$type": "string"}}, CART_ID_INDEX) if after is None else ({"cartId": {"$gt": after}}, None)
-        )
+        key_range = self.scope.key_range
+        bounds = {"$gte": key_range.low, "$lt": key_range.high, "$gt": after}
+        cart_id = {operator: value for operator, value in bounds.items() if value is not None}
+        query, hint = ({"cartId": cart_id}, None) if cart_id else ({"cartId": {"$type": "string"}}, CART_ID_INDEX)
         return self.order_db.find_in_batches(
             ORDER_CARTS, query, CART_DOC_PROJECTION, order_by="cartId", hint=hint, batch_size=batch_size
         )
@@ -195,7 +196,11 @@ class CartSyncEndpoints:
         with self.order_db.translated_errors():
             found = list(self.order_db.collection(ORDER_CARTS).find(query, CART_DOC_PROJECTION))
         documents = sorted(
-            (doc for doc in found if isinstance(doc.get("cartId"), str) and (after is None or doc["cartId"] > after)),
+            (
+                doc
+                for doc in found
+                if doc.get("cartId") in self.scope.key_range and (after is None or doc["cartId"] > after)
+            ),
             key=cart_doc_key,
         )
         for start in range(0, len(documents), batch_size):
@@ -204,7 +209,13 @@ class CartSyncEndpoints:
     def estimated_source_rows(self) -> int | None:
         if self.scope.keys is not None:
             return len(self.scope.keys)
-        return None if self.scope.user_id is not None else self.cart_db.estimated_rows(CART_TABLE)
+        whole = self.scope.user_id is None and self.scope.key_range.is_whole
+        return self.cart_db.estimated_rows(CART_TABLE) if whole else None
+
+    def split_points(self, parts: int) -> list[str]:
+        """`parts - 1` cart ids that cut the carts into equal ranges: cart ids are random uuids,
+        so even prefixes split them evenly, with no query."""
+        return uuid_points(parts)
 
     def write(self, plan: BatchPlan[CartRow, Mapping[str, Any]]) -> WriteResult:
         """One unordered bulk write: insert missing, update outdated and changed under a version guard.

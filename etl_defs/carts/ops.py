@@ -1,5 +1,6 @@
 """Ops of the cart sync."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -7,11 +8,20 @@ import dagster as dg
 from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints, cart_schema_problems, order_index_problems
 from etl_defs.carts.transform import cart_doc_key, cart_key, compare_carts, transform_cart
-from etl_defs.ops import check_sync_ready, retried_while_unavailable, run_sync_op
+from etl_defs.ops import (
+    RangeResult,
+    check_sync_ready,
+    report_sync_op,
+    retried_while_unavailable,
+    run_range_op,
+    split_sync,
+)
 from etl_defs.run_config import CartSyncOpConfig
-from etl_defs.sync import SyncScope, SyncSpec
-from etl_defs.sync.scope import WHOLE_TABLE
+from etl_defs.sync import WHOLE_TABLE, KeyRange, SyncScope, SyncSpec
 from resources import MongoResource, PostgresResource
+
+#: The concurrency pool of the cart range steps: caps how many write the Order MongoDB at once.
+ORDER_DB_POOL = "order_db"
 
 CART_SYNC = SyncSpec(
     name="carts",
@@ -37,32 +47,69 @@ def check_cart_sync_ready(context: dg.OpExecutionContext, cart_db: PostgresResou
     )
 
 
+def _scope(config: CartSyncOpConfig) -> SyncScope:
+    if config.keys is not None:
+        return SyncScope.of_keys(config.keys)
+    return SyncScope.of_user(config.user_id) if config.user_id is not None else WHOLE_TABLE
+
+
 @dg.op(
     ins={"ready": dg.In(dg.Nothing)},
+    out=dg.DynamicOut(KeyRange),
+    description="Cut the cart sync into `parallelism` key ranges of equal size (cart ids are random uuids).",
+)
+def split_cart_sync(
+    context: dg.OpExecutionContext, config: CartSyncOpConfig, cart_db: PostgresResource, order_db: MongoResource
+) -> Iterator[dg.DynamicOutput[KeyRange]]:
+    yield from split_sync(context, config, CartSyncEndpoints(cart_db, order_db, _scope(config)))
+
+
+@dg.op(
+    pool=ORDER_DB_POOL,
     description=(
-        "Insert missing carts into the Order DB and update outdated and changed ones under a version guard, "
-        "in bulk; count carts newer in the Order DB, orphans (deleted only when pruning) and rejects."
+        "Insert missing carts of one key range into the Order DB and update outdated and changed ones under a "
+        "version guard, in bulk; count carts newer in the Order DB, orphans (deleted only when pruning) and rejects."
     ),
 )
-def sync_carts(
-    context: dg.OpExecutionContext, config: CartSyncOpConfig, cart_db: PostgresResource, order_db: MongoResource
-) -> dg.Output[dict[str, Any]]:
-    if config.keys is not None:
-        scope = SyncScope.of_keys(config.keys)
-    else:
-        scope = SyncScope.of_user(config.user_id) if config.user_id is not None else WHOLE_TABLE
+def sync_cart_range(
+    context: dg.OpExecutionContext,
+    config: CartSyncOpConfig,
+    key_range: KeyRange,
+    cart_db: PostgresResource,
+    order_db: MongoResource,
+) -> dg.Output[RangeResult]:
     context.log.info(f"cart sync: orphans are {'deleted' if config.prune_orphans else 'only counted'}")
-    output = run_sync_op(
-        context,
-        config,
-        spec=CART_SYNC,
-        endpoints=CartSyncEndpoints(cart_db, order_db, scope, prune_orphans=config.prune_orphans),
-        lock_db=cart_db,
-        asset_key=ORDER_DB_CARTS,
+    endpoints = CartSyncEndpoints(
+        cart_db, order_db, _scope(config).within(key_range), prune_orphans=config.prune_orphans
+    )
+    return run_range_op(context, config, spec=CART_SYNC, endpoints=endpoints, lock_db=cart_db, asset_key=ORDER_DB_CARTS)
+
+
+@dg.op(
+    description=(
+        "Sum the range steps' figures into the cart sync's report and its one materialization; "
+        "then, when asked, advance the replication slot."
+    )
+)
+def report_cart_sync(
+    context: dg.OpExecutionContext, config: CartSyncOpConfig, ranges: list[RangeResult], cart_db: PostgresResource
+) -> dg.Output[dict[str, Any]]:
+    output = report_sync_op(
+        context, config, spec=CART_SYNC, scope=_scope(config), results=ranges, asset_key=ORDER_DB_CARTS
     )
     if config.advance_slot_to is not None:
         _advance_slot(context, config, cart_db)
     return output
+
+
+def sync_carts(ready: Any) -> Any:
+    """The cart sync's steps, inside a job's body: split, one step per range, sum. `ready` runs first."""
+    ranges = split_cart_sync(ready=ready)
+    return report_cart_sync(ranges.map(sync_cart_range).collect())
+
+
+#: The ops of the cart sync that take its run config (`sync_carts` gives each the same one).
+CART_SYNC_OPS = (split_cart_sync, sync_cart_range, report_cart_sync)
 
 
 def _advance_slot(context: dg.OpExecutionContext, config: CartSyncOpConfig, cart_db: PostgresResource) -> None:

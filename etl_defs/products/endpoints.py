@@ -18,16 +18,15 @@ from etl_defs.products.table import (
     product_table_ddl,
 )
 from etl_defs.products.transform import PRODUCT_PROJECTION
-from etl_defs.sync.plan import BatchPlan, Rejection
-from etl_defs.sync.runner import WriteResult
-from etl_defs.sync.scope import WHOLE_TABLE, SyncScope
+from etl_defs.sync import WHOLE_TABLE, BatchPlan, Rejection, SyncScope, WriteResult, even_points
 from resources import MongoResource, PostgresResource
 from resources.postgres import column_type_problems, copy_rows
 
-SCAN_SQL = f'{SELECT_PRODUCTS_SQL} ORDER BY id COLLATE "C"'
-SCAN_AFTER_SQL = f'{SELECT_PRODUCTS_SQL} WHERE id COLLATE "C" > %s ORDER BY id COLLATE "C"'
+_ORDER = 'ORDER BY id COLLATE "C"'
 #: The rows of a set of keys (one chunk of a keyed sync), through the primary key.
-KEYED_SQL = f'{SELECT_PRODUCTS_SQL} WHERE id = ANY(%s) ORDER BY id COLLATE "C"'
+KEYED_SQL = f"{SELECT_PRODUCTS_SQL} WHERE id = ANY(%s) {_ORDER}"
+#: Source `_id`s sampled per range of a split, to take its split points from.
+SAMPLE_PER_RANGE = 100
 STAGE = "product_sync_stage"
 STAGE_SQL = product_table_ddl(STAGE, staging=True)
 _UPDATABLE = [c for c in PRODUCT_COLUMNS if c != "id"]
@@ -66,15 +65,24 @@ class ProductSyncEndpoints:
     def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[dict[str, Any]]]:
         """Product documents in `_id` order (the `_id_` index walk), `batch_size` at a time.
 
-        After a key, only ObjectId `_id`s above it are read (BSON compares types first): the
-        unorderable `_id`s were read, and rejected, by the sync that got that far. A keyed
-        scope reads `{_id: {$in: chunk}}` per chunk of `batch_size` keys.
+        A key range bounds the index walk, not the values (`index_from`/`index_to`): BSON
+        orders `_id`s by type first, so the first range also reads the `_id`s of types below
+        ObjectId and the last those above it, for the sync to reject. After a key, the walk
+        goes on from it. A keyed scope reads `{_id: {$in: chunk}}` per chunk of `batch_size` keys.
         """
         if self.scope.keys is not None:
             return self._documents_of_keys(batch_size, after)
-        query, hint = ({}, "_id_") if after is None else ({"_id": {"$gt": ObjectId(after)}}, None)
+        key_range = self.scope.key_range
+        start = key_range.low if after is None else after
         return self.product_db.find_in_batches(
-            "products", query, PRODUCT_PROJECTION, order_by="_id", hint=hint, batch_size=batch_size
+            "products",
+            {} if after is None else {"_id": {"$ne": ObjectId(after)}},  # index_from is inclusive
+            PRODUCT_PROJECTION,
+            order_by="_id",
+            hint="_id_",
+            index_from=None if start is None else ObjectId(start),
+            index_to=None if key_range.high is None else ObjectId(key_range.high),
+            batch_size=batch_size,
         )
 
     def _documents_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[dict[str, Any]]]:
@@ -90,8 +98,17 @@ class ProductSyncEndpoints:
         A keyed scope reads `id = ANY(chunk)` per chunk of `batch_size` keys."""
         if self.scope.keys is not None:
             return self._rows_of_keys(batch_size, after)
-        query, params = (SCAN_SQL, ()) if after is None else (SCAN_AFTER_SQL, (after,))
-        return self.cart_db.scan_in_batches(query, params, batch_size=batch_size, cursor_name="product_sync_scan")
+        key_range = self.scope.key_range
+        bounds = [('id COLLATE "C" >= %s', key_range.low), ('id COLLATE "C" < %s', key_range.high)]
+        bounds.append(('id COLLATE "C" > %s', after))
+        conditions = [condition for condition, value in bounds if value is not None]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        return self.cart_db.scan_in_batches(
+            f"{SELECT_PRODUCTS_SQL}{where} {_ORDER}",
+            [value for _, value in bounds if value is not None],
+            batch_size=batch_size,
+            cursor_name="product_sync_scan",
+        )
 
     def _rows_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[tuple[Any, ...]]]:
         for chunk in self.scope.key_chunks(batch_size, after):
@@ -102,7 +119,18 @@ class ProductSyncEndpoints:
     def estimated_source_rows(self) -> int | None:
         if self.scope.keys is not None:
             return len(self.scope.keys)
-        return self.product_db.estimated_count("products")
+        return self.product_db.estimated_count("products") if self.scope.key_range.is_whole else None
+
+    def split_points(self, parts: int) -> list[str]:
+        """Up to `parts - 1` product ids that cut the products into ranges of about equal size,
+        from a `$sample` of their `_id`s (ObjectIds start with a timestamp, so even hex
+        prefixes would be badly skewed). Only ObjectIds are split points."""
+        if parts <= 1:
+            return []
+        pipeline = [{"$sample": {"size": SAMPLE_PER_RANGE * parts}}, {"$project": {"_id": 1}}]
+        with self.product_db.translated_errors():
+            sample = [doc["_id"] for doc in self.product_db.collection("products").aggregate(pipeline)]
+        return even_points(sorted(str(key) for key in sample if isinstance(key, ObjectId)), parts)
 
     def write(self, plan: BatchPlan[ProductRow, tuple[Any, ...]]) -> WriteResult:
         """Insert the plan's missing rows and update its changed ones, in one transaction."""

@@ -1,14 +1,19 @@
-"""The shared sync core: pure planning (`plan`), the batch loop (`runner`) and what a sync covers (`scope`)."""
+"""The shared sync core: pure planning (`plan`), the batch loop (`runner`), what a sync covers (`scope`)
+and how a sync splits into key ranges (`ranges`)."""
 
 from etl_defs.sync.plan import BatchPlan, Change, KeyOrderError, Rejection, SyncSpec, plan_batches
+from etl_defs.sync.ranges import MAX_PARALLELISM, WHOLE_RANGE, KeyRange, even_points, ranges_between, uuid_points
 from etl_defs.sync.runner import SyncEndpoints, SyncReport, SyncStopped, WriteResult, run_sync
 from etl_defs.sync.scope import WHOLE_TABLE, SyncScope
 
 __all__ = [
+    "MAX_PARALLELISM",
+    "WHOLE_RANGE",
     "WHOLE_TABLE",
     "BatchPlan",
     "Change",
     "KeyOrderError",
+    "KeyRange",
     "Rejection",
     "SyncEndpoints",
     "SyncReport",
@@ -16,6 +21,9 @@ __all__ = [
     "SyncSpec",
     "SyncStopped",
     "WriteResult",
+    "even_points",
     "plan_batches",
+    "ranges_between",
     "run_sync",
+    "uuid_points",
 ]

@@ -124,6 +124,22 @@ class SyncReport(Generic[Row, Tgt]):
         if room > 0:
             self.rejections.extend(rejections[:room])
 
+    @classmethod
+    def merged(cls, pipeline: str, dry_run: bool, reports: Sequence[SyncReport]) -> SyncReport:
+        """One report of the parts of a split sync, in key order: figures summed, samples and
+        rejections taken in key order up to their limits. `duration_s` is the caller's (the wall time)."""
+        total: SyncReport = cls(pipeline=pipeline, dry_run=dry_run)
+        for part in reports:
+            for change in Change:
+                total.counts[change] += part.counts[change]
+                room = SAMPLE_KEYS - len(total.samples[change])
+                total.samples[change].extend(part.samples[change][: max(room, 0)])
+            total._add_rejections(part.rejections)
+            for name in _CHECKPOINTED:
+                if name != "duration_s":
+                    setattr(total, name, getattr(total, name) + getattr(part, name))
+        return total
+
     def checkpoint(self) -> dict[str, Any]:
         """This report as JSON-able data, to resume from with `from_checkpoint`."""
         return {

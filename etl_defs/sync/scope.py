@@ -1,4 +1,5 @@
-"""What a sync covers: the whole table, one user's carts, or an explicit set of keys.
+"""What a sync covers: the whole table, one user's carts, or an explicit set of keys, each
+optionally cut to a key range (one step of a split sync).
 
 One value, honoured by both pipelines' endpoints on both sides, so a narrowed sync goes
 through the same plan, writes, lock and reports as a whole one.
@@ -7,18 +8,22 @@ through the same plan, writes, lock and reports as a whole one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from etl_defs.sync.ranges import WHOLE_RANGE, KeyRange
 
 
 @dataclass(frozen=True, slots=True)
 class SyncScope:
     """The keys a sync reads on both sides. Default: every key.
 
-    `keys` are sorted and unique, in the byte order both sides are merged in.
+    `keys` are sorted and unique, in the byte order both sides are merged in. `key_range`
+    narrows any of the three to the keys in `[low, high)`.
     """
 
     user_id: str | None = None
     keys: tuple[str, ...] | None = None
+    key_range: KeyRange = WHOLE_RANGE
 
     def __post_init__(self) -> None:
         if self.user_id is not None and self.keys is not None:
@@ -35,6 +40,10 @@ class SyncScope:
     def of_user(cls, user_id: str) -> SyncScope:
         return cls(user_id=user_id)
 
+    def within(self, key_range: KeyRange) -> SyncScope:
+        """This scope cut to `key_range`."""
+        return replace(self, key_range=key_range)
+
     @property
     def kind(self) -> str:
         """`table`, `user` or `keys`: recorded with each materialization."""
@@ -45,14 +54,16 @@ class SyncScope:
     def describe(self) -> str:
         """What the scope covers, for logs."""
         if self.keys is not None:
-            return f"{len(self.keys)} key{'s' if len(self.keys) != 1 else ''}"
-        return f"user {self.user_id!r}" if self.user_id is not None else "the whole table"
+            head = f"{len(self.keys)} key{'s' if len(self.keys) != 1 else ''}"
+        else:
+            head = f"user {self.user_id!r}" if self.user_id is not None else "the whole table"
+        return head if self.key_range.is_whole else f"{head}, keys in {self.key_range.describe()}"
 
     def key_chunks(self, size: int, after: str | None = None) -> Iterator[list[str]]:
-        """The scope's keys above `after`, in order, `size` at a time (a keyed scope only)."""
+        """The scope's keys in its range and above `after`, in order, `size` at a time (a keyed scope only)."""
         if self.keys is None:
             raise ValueError("key_chunks() needs a scope of keys")
-        keys = [key for key in self.keys if after is None or key > after]
+        keys = [key for key in self.keys if key in self.key_range and (after is None or key > after)]
         for start in range(0, len(keys), size):
             yield keys[start : start + size]
 

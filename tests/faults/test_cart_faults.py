@@ -54,7 +54,7 @@ def test_order_mongodb_stopped_mid_run(faults: FaultStack, start_job: StartJob, 
     result = run.result()
 
     assert not result.success
-    message = step_failure_message(result, "sync_carts")
+    message = step_failure_message(result, "sync_cart_range")
     assert_names_the_database(
         message, f"Order MongoDB (127.0.0.1:{faults.order.state.mongo_port}/order) is unavailable"
     )
@@ -78,7 +78,7 @@ def test_order_mongodb_crashes_and_is_back_within_the_retry_window(faults: Fault
     result = run.result()
 
     assert result.success, result.get_step_failure_events()
-    assert retries(result, "sync_carts") >= 1
+    assert retries(result, "sync_cart_range[range_1_of_1]") >= 1
     scenario.assert_converged()
 
 
@@ -90,7 +90,7 @@ def test_cart_postgres_stopped_mid_run(faults: FaultStack, start_job: StartJob, 
     result = run.result()
 
     assert not result.success
-    message = step_failure_message(result, "sync_carts")
+    message = step_failure_message(result, "sync_cart_range")
     assert_names_the_database(message, f"Cart PostgreSQL (127.0.0.1:{faults.main.state.pg_port}/cart) is unavailable")
     faults.ensure_up()
     assert 3 <= scenario.applied_batches() < scenario.drift.batches(BATCH)

@@ -48,7 +48,7 @@ def rerun(start_job: StartJob) -> None:
 
 def assert_retried_and_succeeded(result: dg.ExecuteInProcessResult) -> None:
     assert result.success, result.get_step_failure_events()
-    assert retries(result, "sync_products") >= 1
+    assert retries(result, "sync_product_range[range_1_of_1]") >= 1
 
 
 def test_postgres_stopped_mid_write(faults: FaultStack, start_job: StartJob, short_retries: None) -> None:
@@ -59,10 +59,10 @@ def test_postgres_stopped_mid_write(faults: FaultStack, start_job: StartJob, sho
     result = run.result()
 
     assert not result.success
-    message = step_failure_message(result, "sync_products")
+    message = step_failure_message(result, "sync_product_range")
     assert_names_the_database(message, f"Cart PostgreSQL (127.0.0.1:{faults.main.state.pg_port}/cart) is unavailable")
     assert "gave up after 3 retries" in message
-    assert retries(result, "sync_products") == ops.MAX_CONNECTION_RETRIES
+    assert retries(result, "sync_product_range[range_1_of_1]") == ops.MAX_CONNECTION_RETRIES
     faults.ensure_up()
     assert scenario.assert_stopped_part_way(3) == committed  # the batch in flight was rolled back
 
@@ -103,7 +103,7 @@ def test_product_mongodb_stopped_mid_run(faults: FaultStack, start_job: StartJob
     result = run.result()
 
     assert not result.success
-    message = step_failure_message(result, "sync_products")
+    message = step_failure_message(result, "sync_product_range")
     assert_names_the_database(
         message, f"Product MongoDB (127.0.0.1:{faults.main.state.mongo_port}/product) is unavailable"
     )
@@ -170,7 +170,7 @@ def test_a_retry_resumes_after_the_last_written_batch_and_reports_the_whole_run(
     resumed = f"products sync resumes after key {checkpoint['resume_after']!r}"
     assert any(resumed in entry.user_message for entry in instance.all_logs(result.run_id)), resumed
     # One run's figures, every key counted once: as the dry run planned them before the fault.
-    done, plan = result.output_for_node("sync_products"), planned.output_for_node("sync_products")
+    done, plan = result.output_for_node("report_product_sync"), planned.output_for_node("report_product_sync")
     classes = ("source_rows", "missing", "changed", "unchanged", "orphaned", "rejected")
     assert {name: done[name] for name in classes} == {name: plan[name] for name in classes}
     assert (done["inserted"], done["updated"]) == (plan["missing"], plan["changed"])

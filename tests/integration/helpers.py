@@ -37,7 +37,7 @@ def sync_lock_held_elsewhere(dbs: Databases, pipeline: str) -> Iterator[None]:
     """The pipeline's advisory lock held by another session, as a full sync started in a terminal holds it."""
     other_run = PostgresResource(url=dbs.stack.pg_url(CART_DB))
     try:
-        with other_run.advisory_lock(pipeline):
+        with other_run.advisory_lock(pipeline, holder="another run"):
             yield
     finally:
         other_run.dispose()

@@ -61,7 +61,7 @@ def test_every_malformed_document_is_rejected_with_its_reason_and_neighbours_lan
     )
 
     assert result.success
-    rejections = result.asset_materializations_for_node("sync_products")[0].metadata["rejections"].value
+    rejections = result.asset_materializations_for_node("report_product_sync")[0].metadata["rejections"].value
     reasons = {r["key"]: r["reason"] for r in rejections}
     accepted = [doc for doc in good]
     for name, _, reason in PRODUCT_CORPUS:

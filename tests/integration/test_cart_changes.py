@@ -122,7 +122,7 @@ def test_a_tick_requests_one_run_for_exactly_the_changed_carts_which_repairs_the
     assert request.tags[TRIGGER_TAG] == CART_CHANGES_TRIGGER and OLDEST_CHANGE_TAG in request.tags
     result = execute(instance, request)
     assert result.success
-    figures = result.output_for_node("sync_carts")
+    figures = result.output_for_node("report_cart_sync")
     assert (figures["missing"], figures["outdated"], figures["changed"], figures["orphaned"]) == (1, 1, 3, 1)
     docs = order_docs(dbs)
     price = {p.id: p for p in products}

@@ -81,12 +81,12 @@ def run_job(instance: dg.DagsterInstance, job_name: str, **config: Any) -> dg.Ex
     return job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
 
 
-def figures(result: dg.ExecuteInProcessResult, node: str = "sync_carts") -> dict[str, Any]:
+def figures(result: dg.ExecuteInProcessResult, node: str = "report_cart_sync") -> dict[str, Any]:
     return result.output_for_node(node)
 
 
 def materialized_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    (materialization,) = result.asset_materializations_for_node("sync_carts")
+    (materialization,) = result.asset_materializations_for_node("report_cart_sync")
     assert materialization.asset_key == ORDER_DB_CARTS
     return {key: value.value for key, value in materialization.metadata.items()}
 
@@ -527,7 +527,9 @@ def test_two_runs_at_the_same_time_leave_one_correct_copy_of_each_cart(dbs: Data
     assert len(outcomes) == 2
     assert any(outcome["success"] for outcome in outcomes)
     for failed in (outcome for outcome in outcomes if not outcome["success"]):
-        assert failed["failures"] == [["sync_carts", "DagsterExecutionStepExecutionError", "SyncAlreadyRunningError"]]
+        assert failed["failures"] == [
+            ["sync_cart_range[range_1_of_1]", "DagsterExecutionStepExecutionError", "SyncAlreadyRunningError"]
+        ]
     docs = order_docs(dbs)  # asserts there is no duplicate cartId
     assert order_carts(dbs).count_documents({}) == 400
     assert {k: synced(d) for k, d in docs.items()} == {
@@ -569,7 +571,7 @@ def test_a_dry_run_reports_the_plan_and_writes_nothing(dbs: Databases, instance:
         out["rejected"],
     ) == (1, 1, 1, 1, 1, 2)
     assert (out["inserted"], out["updated"], out["deleted"]) == (0, 0, 0)
-    assert result.asset_materializations_for_node("sync_carts") == []
+    assert result.asset_materializations_for_node("report_cart_sync") == []
 
 
 def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
@@ -606,10 +608,13 @@ def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
         c.id: expected_doc(c, products[c.productId]) for c in carts
     }
     assert synced(order_docs(dbs)[carts[1].id])["total"] == 4321 * 2
-    assert (figures(result, "sync_products")["changed"], figures(result, "sync_products")["updated"]) == (1, 1)
-    assert (figures(result, "sync_carts")["changed"], figures(result, "sync_carts")["updated"]) == (1, 1)
+    assert (figures(result, "report_product_sync")["changed"], figures(result, "report_product_sync")["updated"]) == (
+        1,
+        1,
+    )
+    assert (figures(result, "report_cart_sync")["changed"], figures(result, "report_cart_sync")["updated"]) == (1, 1)
     steps = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS]
-    assert steps.index("sync_products") < steps.index("sync_carts")
+    assert steps.index("report_product_sync") < steps.index("split_cart_sync")
 
 
 def test_full_sync_batch_size_overrides_both_pipelines_or_each_keeps_its_own(
@@ -629,8 +634,14 @@ def test_full_sync_batch_size_overrides_both_pipelines_or_each_keeps_its_own(
 
     assert overridden.success and defaults.success
     # products: 5 documents + 1 orphan row; carts: 5 carts
-    assert (figures(overridden, "sync_products")["batches"], figures(overridden, "sync_carts")["batches"]) == (3, 3)
-    assert (figures(defaults, "sync_products")["batches"], figures(defaults, "sync_carts")["batches"]) == (1, 1)
+    assert (
+        figures(overridden, "report_product_sync")["batches"],
+        figures(overridden, "report_cart_sync")["batches"],
+    ) == (3, 3)
+    assert (figures(defaults, "report_product_sync")["batches"], figures(defaults, "report_cart_sync")["batches"]) == (
+        1,
+        1,
+    )
 
 
 def test_full_sync_skips_the_carts_when_the_product_sync_fails(dbs: Databases, instance: dg.DagsterInstance) -> None:
@@ -641,9 +652,9 @@ def test_full_sync_skips_the_carts_when_the_product_sync_fails(dbs: Databases, i
         result = run_job(instance, "full_sync_job")
 
     assert not result.success
-    assert [e.step_key for e in result.get_step_failure_events()] == ["sync_products"]
+    assert [e.step_key for e in result.get_step_failure_events()] == ["sync_product_range[range_1_of_1]"]
     started = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START]
-    assert "sync_carts" not in started
+    assert not {"split_cart_sync", "report_cart_sync"} & set(started)
     assert order_carts(dbs).count_documents({}) == 0
 
 

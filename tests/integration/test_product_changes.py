@@ -91,7 +91,7 @@ def test_a_tick_requests_one_run_for_exactly_the_changed_products_which_repairs_
     assert request.run_key and request.run_key.startswith(CHANGES_TRIGGER)
     result = execute(instance, request)
     assert result.success
-    figures = result.output_for_node("sync_products")
+    figures = result.output_for_node("report_product_sync")
     assert (figures["missing"], figures["changed"], figures["rejected"], figures["orphaned"]) == (3, 5, 1, 1)
     assert (figures["inserted"], figures["updated"], figures["source_rows"]) == (3, 5, 9)
     rows = dbs.product_rows()
@@ -210,7 +210,7 @@ def test_a_keyed_run_reads_only_its_keys_on_both_sides(dbs: Databases, instance:
         )
 
     assert result.success
-    figures = result.output_for_node("sync_products")
+    figures = result.output_for_node("report_product_sync")
     assert (figures["source_rows"], figures["changed"], figures["updated"]) == (5, 5, 5)
     on_products = [c for c in commands if "products" in (c.body.get("find"), c.body.get("collection"))]
     assert {c.name for c in on_products} <= {"find", "getMore"}, "no scan, count or aggregate of the collection"

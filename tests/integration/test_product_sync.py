@@ -48,7 +48,7 @@ def before_keys_missing(dbs: Databases) -> set[str]:
 
 
 def figures(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    return result.output_for_node("sync_products")
+    return result.output_for_node("report_product_sync")
 
 
 def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance) -> None:
@@ -105,7 +105,7 @@ def test_a_real_run_records_a_materialization_with_numeric_figures(
     result = run_product_sync(instance)
 
     assert result.success
-    materializations = result.asset_materializations_for_node("sync_products")
+    materializations = result.asset_materializations_for_node("report_product_sync")
     assert [m.asset_key for m in materializations] == [CART_DB_PRODUCT]
     metadata = materializations[0].metadata
     for key in ("source_rows", "inserted", "updated", "unchanged", "orphaned", "rejected", "duration_s", "rows_per_s"):
@@ -140,9 +140,9 @@ def test_a_dry_run_plans_the_same_and_writes_nothing(dbs: Databases, instance: d
     assert dbs.product_rows() == before
     got = figures(result)
     assert (got["missing"], got["changed"], got["inserted"], got["updated"]) == (6, 12, 0, 0)
-    assert result.asset_materializations_for_node("sync_products") == []
+    assert result.asset_materializations_for_node("report_product_sync") == []
     output = next(
-        e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "sync_products"
+        e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "report_product_sync"
     )
     samples = output.event_specific_data.metadata["sample_keys"].value
     assert len(samples["missing"]) == 5 and len(samples["changed"]) == 5
@@ -169,7 +169,7 @@ def test_malformed_documents_are_rejected_and_their_batch_neighbours_land(
     assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in good}
     got = figures(result)
     assert (got["rejected"], got["inserted"]) == (5, 6)
-    rejections = result.asset_materializations_for_node("sync_products")[0].metadata["rejections"].value
+    rejections = result.asset_materializations_for_node("report_product_sync")[0].metadata["rejections"].value
     reasons = {r["key"]: r["reason"] for r in rejections}
     for reason, doc in bad.items():
         key = str(doc["_id"]) if isinstance(doc["_id"], ObjectId) else repr(doc["_id"])

@@ -58,7 +58,7 @@ def test_a_tick_with_nothing_running_requests_a_sync_that_then_runs(dbs: Databas
     run = defs.resolve_job_def("product_sync_job").execute_in_process(
         run_config=request.run_config, tags=request.tags, instance=instance
     )
-    assert run.success and run.output_for_node("sync_products")["inserted"] == 3
+    assert run.success and run.output_for_node("report_product_sync")["inserted"] == 3
     assert isinstance(tick("cart_sync_schedule", instance), dg.RunRequest)
 
 
