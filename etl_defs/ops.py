@@ -223,6 +223,9 @@ def run_range_op(
     result = RangeResult(
         scope.key_range, report, started_at, time.time(), time.process_time() - cpu_before, os.getpid()
     )
+    context.log.info(
+        f"{spec.name} sync of keys in {scope.key_range.describe()}: {result.cpu_s:.2f}s of CPU in process {result.pid}"
+    )
     return dg.Output(result, metadata={**report.figures(), "cpu_s": round(result.cpu_s, 3)})
 
 
