@@ -6,7 +6,8 @@ Import `tests.session` first (it is imported here), so the environment is the se
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "in_process_test_workspace",
     "mongo_commands",
     "settings",
+    "wait_until",
 ]
 
 #: The code location, built as `dagster` loads it, in the session's environment.
@@ -102,3 +104,13 @@ def mongo_commands() -> Iterator[list[MongoCommand]]:
         yield recorded
     finally:
         _COMMAND_LOG.recording = None
+
+
+def wait_until(what: str, condition: Callable[[], bool], timeout: float = 30, every: float = 0.05) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting until {what}")

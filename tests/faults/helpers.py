@@ -4,7 +4,6 @@ and what a failed run must say."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pymongo.database import Database
 
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
-from tests.helpers import defs
+from tests.helpers import defs, wait_until
 from tests.session import TEST_SECRETS
 
 
@@ -107,16 +106,6 @@ class JobInThread:
 
 
 StartJob = Callable[[str, dict[str, Any]], JobInThread]
-
-
-def wait_until(what: str, condition: Callable[[], bool], timeout: float = 30, every: float = 0.05) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting until {what}")
 
 
 # ----- faults on the Cart PostgreSQL -----

@@ -23,9 +23,9 @@ from dagster_graphql.client.client_queries import TERMINATE_RUN_JOB_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
 from local.dagster_dev import DAGSTER
-from tests.faults.helpers import FaultStack, sync_sessions, wait_until, write_held_mid_statement
+from tests.faults.helpers import FaultStack, sync_sessions, write_held_mid_statement
 from tests.faults.scenarios import ProductScenario
-from tests.helpers import EmptyWorkspaceTarget, WorkspaceProcessContext, defs
+from tests.helpers import EmptyWorkspaceTarget, WorkspaceProcessContext, defs, wait_until
 from tests.session import REPO
 
 pytestmark = pytest.mark.faults
