@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ SUMMARY = re.compile(
     r"(?P<pipeline>\w+) sync applied: (?P<figures>.*); (?P<seconds>\d+(?:\.\d+)?)s, (?P<rate>\d+) rows/s"
 )
 FIGURE = re.compile(r"(\w+)=(\d+)")
+
+
+def git(*args: str) -> str:
+    """A read-only git query's output, or '' when git cannot answer."""
+    result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 class SummaryNotFoundError(RuntimeError):

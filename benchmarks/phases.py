@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 
 from benchmarks import data, scans, seed, verify
-from benchmarks.dlt_peer import TABLE
 from benchmarks.jobs import REPO, JobRunner
 from benchmarks.measure import ServerCpu, measure_inline, measure_process
 from etl_defs.carts.endpoints import CART_TABLE
@@ -150,17 +149,19 @@ class Bench:
             seed.load_exact_products(self.stack, size)  # the cart phase needs the products a correct sync leaves
         return out
 
-    def _product_sync(self, size: int, name: str) -> dict[str, Any]:
-        """One product_sync_job run, the rows it wrote (by xmin) and the full read-back."""
-        log(f"products {size}: {PRODUCT_JOB} ({name})")
+    def _product_sync(self, size: int, name: str, **config: Any) -> dict[str, Any]:
+        """One product_sync_job run (`config` added to the run config), the rows it wrote (by xmin), the read-back."""
+        log(f"products {size}: {PRODUCT_JOB}{f' {config}' if config else ''} ({name})")
         before = verify.current_xid(self.stack)
-        figures = self.jobs.run_cli(PRODUCT_JOB, PRODUCT_PIPELINE, self._run_config(), name)
+        figures = self.jobs.run_cli(PRODUCT_JOB, PRODUCT_PIPELINE, self._run_config(**config), name)
         figures["rows_written"] = verify.rows_written_since(self.stack, before)
         figures["verify"] = verify.verify_products(self.stack, size)
         return figures
 
     def _dlt(self, size: int, config: DltConfig) -> dict[str, Any]:
         """dlt's merge of the products into its own dataset, which first holds the drifted rows (untimed)."""
+        from benchmarks.dlt_peer import TABLE  # imported here: the other steps need no dlt
+
         options = {
             "--products": size,
             "--mongo-url": self.stack.mongo_url(PRODUCT_DB),

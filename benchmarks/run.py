@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import psycopg
 
 from benchmarks import bounds, report
-from benchmarks.jobs import REPO
+from benchmarks.jobs import git
 from benchmarks.phases import Bench, BenchSettings, DltConfig, log
 from local.stack import CART_DB, LocalStack, free_port
 
@@ -60,12 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _git(*args: str) -> str:
-    """A read-only git query's output, or '' when git cannot answer."""
-    result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else ""
-
-
 def setup_info(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
     """What the figures depend on: machine, versions, settings."""
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
@@ -78,8 +71,8 @@ def setup_info(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
         "python": platform.python_version(),
         "postgresql": postgres,
         "packages": {name: version(name) for name in PACKAGES},
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_uncommitted": _git("diff", "--shortstat", "HEAD"),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_uncommitted": git("diff", "--shortstat", "HEAD"),
         "sizes": args.sizes,
         "rss_reference_size": args.rss_reference_size,
         "batch_size": args.batch_size,

@@ -14,7 +14,7 @@ from benchmarks import data
 from benchmarks.data import Drift
 from etl_defs.carts.endpoints import CART_COLUMNS, CART_TABLE, ORDER_CARTS
 from etl_defs.carts.transform import CartRow
-from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE
+from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, ProductRow
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 from resources.postgres import copy_rows
@@ -68,12 +68,17 @@ def seed_products(stack: LocalStack, products: int) -> None:
         conn.commit()
 
 
-def load_exact_products(stack: LocalStack, products: int) -> None:
-    """Replace the Cart DB's products with exactly what a correct sync leaves (carts must be empty)."""
+def load_products(stack: LocalStack, rows: Iterable[ProductRow]) -> None:
+    """Replace the Cart DB's products with `rows` (carts must be empty)."""
     with psycopg.connect(stack.pg_url(CART_DB)) as conn:
         conn.execute(f"TRUNCATE {CART_TABLE}, {PRODUCT_TABLE}")
-        copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, map(data.product_row, range(products)))
+        copy_rows(conn, PRODUCT_TABLE, PRODUCT_COLUMNS, rows)
         conn.commit()
+
+
+def load_exact_products(stack: LocalStack, products: int) -> None:
+    """Replace the Cart DB's products with exactly what a correct sync leaves (carts must be empty)."""
+    load_products(stack, map(data.product_row, range(products)))
 
 
 def seed_carts(stack: LocalStack, carts: int, products: int) -> None:
