@@ -25,7 +25,8 @@ WORKDIR /opt/dagster/app
 COPY pyproject.toml README.md* ./
 COPY etl_defs/ etl_defs/
 COPY resources/ resources/
-RUN pip install --no-cache-dir . \
+# The k8s extra: with SYNC_EXECUTOR=k8s the steps of a split sync run as pods (dagster-k8s).
+RUN pip install --no-cache-dir ".[k8s]" \
     && rm -rf build ./*.egg-info
 
 USER 10001:10001

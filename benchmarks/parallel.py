@@ -208,15 +208,30 @@ def section(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _section_span(text: str) -> tuple[int, int] | None:
+    """Where this section is in a RESULTS.md text (None: not there)."""
+    start = text.find(f"{HEADING}\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + len(HEADING))
+    return start, len(text) if end < 0 else end + 1
+
+
+def kept_section(path: Path) -> str:
+    """This section as `path` holds it, analysis included ('' when absent): for benchmarks.report to keep."""
+    text = path.read_text() if path.exists() else ""
+    span = _section_span(text)
+    return "" if span is None else "\n" + text[span[0] : span[1]]
+
+
 def write_section(results: dict[str, Any], path: Path) -> None:
     """Replace the section in `path` (keeping what follows its analysis placeholder), or append it."""
     text = path.read_text() if path.exists() else ""
-    start = text.find(f"{HEADING}\n")
-    if start < 0:
+    span = _section_span(text)
+    if span is None:
         path.write_text(text.rstrip("\n") + ("\n\n" if text else "") + section(results))
         return
-    end = text.find("\n## ", start + len(HEADING))
-    end = len(text) if end < 0 else end + 1
+    start, end = span
     old = text[start:end]
     analysis = old[old.index(ANALYSIS) + len(ANALYSIS) + 1 :] if ANALYSIS in old else "\n"
     path.write_text(text[:start] + section(results) + analysis + text[end:])

@@ -16,6 +16,7 @@ import pandas as pd
 
 from benchmarks import bounds as bounds_module
 from benchmarks import data as bench_data
+from benchmarks import parallel
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = (
@@ -197,10 +198,11 @@ def _setup_text(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], folder: Path = HERE) -> None:
-    """RESULTS.md and the PNGs in `folder`."""
+    """RESULTS.md and the PNGs in `folder` (the parallelism section of benchmarks/parallel.py is kept)."""
     plot_throughput(results, folder / "throughput.png")
     plot_peak_rss(results, folder / "peak_rss.png")
-    (folder / "RESULTS.md").write_text(markdown(results))
+    page = folder / "RESULTS.md"
+    page.write_text(markdown(results).rstrip("\n") + "\n" + parallel.kept_section(page))
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -125,7 +125,7 @@ class RangeResult:
         return {
             "range": self.key_range.describe(),
             "source_rows": report.source_rows,
-            **{change.value: report.counts[change] for change in Change if report.counts[change]},
+            **{change.value: report.counts[change] for change in Change},
             "inserted": report.inserted,
             "updated": report.updated,
             "deleted": report.deleted,

@@ -82,6 +82,34 @@ def test_range_steps_run_side_by_side_in_processes_of_their_own(
     assert len(pids) == 4 and None not in pids and os.getpid() not in pids
 
 
+def test_the_product_db_pool_caps_the_range_steps_syncing_at_once(
+    dbs: Databases, dagster_env: dict[str, str], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    docs = [product_doc() for _ in range(PRODUCTS)]
+    dbs.product_db.products.insert_many(docs)
+    limit = subprocess.run(
+        [DAGSTER, "instance", "concurrency", "set", "product_db", "2"],
+        cwd=REPO,
+        env=dagster_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert limit.returncode == 0, limit.stderr[-2000:]
+
+    result = dagster_job_execute(dagster_env, "product_sync_job", SLOW_SPLIT.replace("800", "300"), tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in docs}
+    [run] = instance.get_runs()
+    spans = []
+    for entries in step_events(instance, run.run_id, "sync_product_range").values():
+        [syncing] = [e for e in entries if e.user_message.startswith("products sync of the whole table, keys in")]
+        spans.append((syncing.timestamp, event_time(entries, dg.DagsterEventType.STEP_SUCCESS)))
+    at_once = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
+    assert at_once == 2, f"{at_once} range steps synced at once with a pool of 2: {spans}"
+
+
 def test_a_range_step_killed_mid_run_fails_the_run_naming_it_and_a_rerun_converges(
     dbs: Databases, dagster_env: dict[str, str], instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:

@@ -42,6 +42,9 @@ EXPECTED_INLINE_ENV = {
     "SYNC_BATCH_SIZE": "1000",
     "CART_SYNC_BATCH_SIZE": "1000",
     "TIMEZONE": "UTC",
+    "SYNC_EXECUTOR": "k8s",
+    "SYNC_RANGE_STEP_CPU": "1",
+    "SYNC_RANGE_STEP_MEMORY": "1Gi",
 }
 PIPELINE_TAG = "etl-sync/pipeline"
 # scheme://user:password@host: credentials written into a URL.
@@ -232,17 +235,38 @@ def test_k8s_run_launcher(values: dict[str, Any]) -> None:
 
 
 def test_queued_run_coordinator_limits_each_pipeline(values: dict[str, Any]) -> None:
-    """At most 4 runs, and one run per value of the `etl-sync/pipeline` tag."""
+    """At most 4 runs, and one run per value of the `etl-sync/pipeline` tag, in the chart's `concurrency` block."""
     coordinator = values["dagsterDaemon"]["runCoordinator"]
     assert coordinator["enabled"] is True
     assert coordinator["type"] == "QueuedRunCoordinator"
+    # The chart says not to configure run limits in both places.
     queued = coordinator["config"]["queuedRunCoordinator"]
-    assert queued["maxConcurrentRuns"] == 4
-    assert queued["tagConcurrencyLimits"] == [
+    assert (queued["maxConcurrentRuns"], queued["tagConcurrencyLimits"]) == (None, [])  # the chart's defaults
+    concurrency = values["concurrency"]
+    assert concurrency["enabled"] is True
+    assert concurrency["runs"]["maxConcurrentRuns"] == 4
+    assert concurrency["runs"]["tagConcurrencyLimits"] == [
         {"key": PIPELINE_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
     ]
-    # The chart says not to configure run limits in both places.
-    assert values["concurrency"]["enabled"] is False
+
+
+def test_database_pools_cap_the_range_steps(values: dict[str, Any]) -> None:
+    """The range steps' pools (`product_db`, `order_db`) have a limit, counted per op, as in dagster.yaml."""
+    pools = values["concurrency"]["pools"]
+    instance = yaml.safe_load(Path("dagster.yaml").read_text())
+    assert pools["defaultLimit"] == instance["concurrency"]["pools"]["default_limit"]
+    assert pools["granularity"] == instance["concurrency"]["pools"]["granularity"] == "op"
+
+
+def test_split_syncs_run_their_steps_as_pods_that_share_the_step_io_volume(
+    values: dict[str, Any], deployment: dict[str, Any]
+) -> None:
+    assert deployment["env"]["SYNC_EXECUTOR"] == "k8s"
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    [volume] = launcher["volumes"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "etl-sync-step-io"}
+    # Dagster's fs_io_manager writes under DAGSTER_HOME/storage; the chart's DAGSTER_HOME:
+    assert launcher["volumeMounts"] == [{"name": volume["name"], "mountPath": "/opt/dagster/dagster_home/storage"}]
 
 
 def test_read_only_webserver_and_resources(values: dict[str, Any]) -> None:
@@ -263,8 +287,11 @@ def _set_read_only_to_string(v: dict[str, Any]) -> None:
 
 
 def _set_tag_limit_to_string(v: dict[str, Any]) -> None:
-    queued = v["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    queued["tagConcurrencyLimits"][0]["limit"] = "1"
+    v["concurrency"]["runs"]["tagConcurrencyLimits"][0]["limit"] = "1"
+
+
+def _set_pool_limit_to_string(v: dict[str, Any]) -> None:
+    v["concurrency"]["pools"]["defaultLimit"] = "4"
 
 
 def _drop_k8s_run_launcher_config(v: dict[str, Any]) -> None:
@@ -280,6 +307,7 @@ def _drop_user_deployment_port(v: dict[str, Any]) -> None:
     [
         _set_read_only_to_string,
         _set_tag_limit_to_string,
+        _set_pool_limit_to_string,
         _drop_k8s_run_launcher_config,
         _drop_user_deployment_port,
     ],

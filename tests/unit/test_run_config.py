@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+import pytest
 
 from etl_defs.definitions import build_definitions
+from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.run_config import KEYED_CART_FIELDS, MAX_SYNC_KEYS, CartSyncOpConfig, ProductSyncOpConfig, SyncOpConfig
 from etl_defs.settings import load_settings
+from etl_defs.sync import MAX_PARALLELISM
 
 ENV = {
     "PRODUCT_SERVICE_MONGODB_URL": "mongodb://db.internal:27017/product",
@@ -58,3 +61,48 @@ def test_product_keys_are_sorted_lowercased_and_deduplicated() -> None:
     )
 
     assert config.keys == ["6b0fa3683fba6d3e523d42ce", "6b0fa3683fba6d3e523d42cf"]
+
+
+def execution_of(job: dg.JobDefinition, **config: Any) -> dict[str, Any]:
+    """The run config the job's mapping makes of `config`, checked against the job's schema (executor included)."""
+    assert job.config_mapping is not None
+    mapped = job.config_mapping.resolve_from_unvalidated_config(config)
+    assert dg.validate_run_config(job, config)
+    return mapped["execution"]
+
+
+def test_parallelism_one_runs_in_process_and_more_in_as_many_processes() -> None:
+    job = build_definitions(load_settings(ENV)).resolve_job_def("product_sync_job")
+
+    assert job.executor_def is dg.multi_or_in_process_executor
+    assert execution_of(job) == {"config": {"in_process": {}}}
+    assert execution_of(job, parallelism=4) == {"config": {"multiprocess": {"max_concurrent": 4}}}
+
+
+def test_sync_executor_k8s_makes_every_step_a_pod_with_the_range_steps_sized() -> None:
+    from dagster_k8s import k8s_job_executor
+
+    settings = load_settings({**ENV, "SYNC_EXECUTOR": "k8s", "SYNC_RANGE_STEP_MEMORY": "3Gi"})
+    defs = build_definitions(settings)
+
+    for name in ("product_sync_job", "cart_sync_job", "full_sync_job"):
+        job = defs.resolve_job_def(name)
+        assert job.executor_def is k8s_job_executor
+        execution = execution_of(job, parallelism=8)["config"]
+        assert execution["max_concurrent"] == 8
+        resources = {
+            step: config["container_config"]["resources"] for step, config in execution["per_step_k8s_config"].items()
+        }
+        assert set(resources) <= {"sync_product_range", "sync_cart_range"} and resources
+        for sized in resources.values():
+            assert sized == {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"memory": "3Gi"}}
+
+
+def test_parallelism_is_bounded() -> None:
+    job = build_definitions(load_settings(ENV)).resolve_job_def("cart_sync_job")
+
+    for bad in (0, MAX_PARALLELISM + 1):
+        with pytest.raises(
+            InvalidRunConfigError, match=rf"invalid run config: parallelism={bad}: .*\(allowed: 1 to 64\)"
+        ):
+            job.config_mapping.resolve_from_unvalidated_config({"parallelism": bad})  # type: ignore[union-attr]

@@ -31,6 +31,7 @@ def test_defaults_are_the_old_services() -> None:
     assert settings.timezone == "UTC"
     assert settings.product_cdc_interval_seconds == settings.cart_cdc_interval_seconds == 30
     assert settings.cart_cdc_slot == "etl_sync_carts"
+    assert (settings.sync_executor, settings.range_step_cpu, settings.range_step_memory) == ("local", "1", "1Gi")
 
 
 def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -73,6 +74,9 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
             "Carts-Slot",
             "CART_CDC_SLOT='Carts-Slot' is not a replication slot name (1 to 63 lower-case letters, digits or",
         ),
+        ("SYNC_EXECUTOR", "kubernetes", "SYNC_EXECUTOR='kubernetes' Input should be 'local' or 'k8s'"),
+        ("SYNC_RANGE_STEP_MEMORY", "lots", "SYNC_RANGE_STEP_MEMORY='lots' is not a Kubernetes quantity"),
+        ("SYNC_RANGE_STEP_CPU", "1 core", "SYNC_RANGE_STEP_CPU='1 core' is not a Kubernetes quantity"),
         (
             "PRODUCT_CDC_INTERVAL_SECONDS",
             "30s",
