@@ -10,9 +10,11 @@ postmaster's cutime/cstime).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,15 +116,23 @@ def measure_process(command: Sequence[str], *, env: dict[str, str], cwd: Path, l
     before = servers.snapshot()
     started = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        # A session of its own: when the benchmark is stopped, the command and every process it started go too.
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         peak, status, usage = 0.0, 0, None
-        while usage is None:
-            peak = max(peak, peak_rss_mb(process.pid))
-            pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                usage = rusage
-            else:
-                time.sleep(RSS_POLL_S)
+        try:
+            while usage is None:
+                peak = max(peak, peak_rss_mb(process.pid))
+                pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    usage = rusage
+                else:
+                    time.sleep(RSS_POLL_S)
+        except BaseException:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     wall_s = time.perf_counter() - started
     after = servers.snapshot()

@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000, help="the job's batch_size (run config)")
     parser.add_argument("--mongo-fetch-size", type=int, help="documents per getMore (default: the batch size)")
     parser.add_argument("--pg-fetch-size", type=int, help="rows per FETCH (default: the batch size)")
+    parser.add_argument(
+        "--mongo-socket-timeout-ms",
+        type=int,
+        default=600_000,
+        help="MONGODB_SOCKET_TIMEOUT_MS of the runs: range scans at once keep the embedded server busy for minutes",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "parallel.json")
     parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md", help="where the section goes")
     parser.add_argument("--render", action="store_true", help="only write the section from --out, run nothing")
@@ -125,14 +131,19 @@ def run(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
             "load_average_at_start": os.getloadavg(),
             "git_commit": git("rev-parse", "--short", "HEAD"),
             "git_uncommitted": git("diff", "--shortstat", "HEAD"),
-            **{name: getattr(args, name) for name in ("size", "batch_size", "mongo_fetch_size", "pg_fetch_size")},
+            **{
+                name: getattr(args, name)
+                for name in ("size", "batch_size", "mongo_fetch_size", "pg_fetch_size", "mongo_socket_timeout_ms")
+            },
         },
         "runs": [],
     }
     stack = LocalStack(state_dir, mongo_port=free_port(), pg_port=free_port(), pg_password="bench-only")
     stack.up()  # stops what it started when it fails
     try:
-        measure(Bench(stack, state_dir, settings), args, results)
+        bench = Bench(stack, state_dir, settings)
+        bench.jobs.env["MONGODB_SOCKET_TIMEOUT_MS"] = str(args.mongo_socket_timeout_ms)
+        measure(bench, args, results)
         return results
     except BaseException:
         partial = args.out.with_suffix(".partial.json")
@@ -186,7 +197,8 @@ def section(results: dict[str, Any]) -> str:
         HEADING,
         "",
         f"{setup['size']:,} products, batch_size {setup['batch_size']}, {setup['cpus']} CPUs, one local stack "
-        f"(commit {setup['git_commit']}, {setup['started_at']}); `.venv/bin/python -m benchmarks.parallel`. "
+        f"(commit {setup['git_commit']}, {setup['started_at']}); `.venv/bin/python -m benchmarks.parallel`, "
+        f"MONGODB_SOCKET_TIMEOUT_MS={setup.get('mongo_socket_timeout_ms', 120_000)}. "
         f"Bare scans: source {_num(source['cost']['wall_s'])} s (MongoDB CPU {_num(source['cost']['mongo_cpu_s'])} s), "
         f"target {_num(target['cost']['wall_s'])} s; the CLI on empty databases "
         f"{_num(results['baseline']['cost']['wall_s'])} s. Client CPU total is the CLI process and every process "

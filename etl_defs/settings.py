@@ -92,6 +92,11 @@ class SyncSettings(BaseModel):
     cart_sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="CART_SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
     # Unset: each read asks the server for one batch per round trip.
     mongodb_fetch_size: int | None = Field(default=None, alias="MONGODB_FETCH_SIZE", ge=1, le=mongo.MAX_FETCH_SIZE)
+    # How long a MongoDB read may wait for one answer: a server busy with several range scans
+    # of a split sync, or one that prepares a whole answer first, can need more than 2 minutes.
+    mongodb_socket_timeout_ms: int = Field(
+        default=mongo.DEFAULT_SOCKET_TIMEOUT_MS, alias="MONGODB_SOCKET_TIMEOUT_MS", ge=1000, le=3_600_000
+    )
     postgres_fetch_size: int | None = Field(default=None, alias="POSTGRES_FETCH_SIZE", ge=1, le=postgres.MAX_FETCH_SIZE)
     timezone: str = Field(default="UTC", alias="TIMEZONE")
     product_cdc_interval_seconds: int = Field(

@@ -20,6 +20,7 @@ from resources.errors import DatabaseUnavailableError, first_line
 #: The most documents a streamed read may ask the server for per round trip.
 MAX_FETCH_SIZE = 100_000
 #: pymongo errors that mean "the server is not there", worth a retry.
+DEFAULT_SOCKET_TIMEOUT_MS = 120_000
 MONGO_CONNECTION_ERRORS = (ConnectionFailure, AutoReconnect, ServerSelectionTimeoutError)
 
 
@@ -50,7 +51,9 @@ class MongoResource(dg.ConfigurableResource):
             "long pause) is taken for down, and the operations in flight on it are cancelled"
         ),
     )
-    socket_timeout_ms: int = Field(default=120_000, ge=1)
+    socket_timeout_ms: int = Field(
+        default=DEFAULT_SOCKET_TIMEOUT_MS, ge=1, description="How long one read or write may wait for an answer"
+    )
     server_selection_timeout_ms: int = Field(default=5_000, ge=1)
     max_pool_size: int = Field(default=10, ge=1)
     fetch_size: int | None = Field(

@@ -74,6 +74,11 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
             "Carts-Slot",
             "CART_CDC_SLOT='Carts-Slot' is not a replication slot name (1 to 63 lower-case letters, digits or",
         ),
+        (
+            "MONGODB_SOCKET_TIMEOUT_MS",
+            "500",
+            "MONGODB_SOCKET_TIMEOUT_MS='500' Input should be greater than or equal to 1000",
+        ),
         ("SYNC_EXECUTOR", "kubernetes", "SYNC_EXECUTOR='kubernetes' Input should be 'local' or 'k8s'"),
         ("SYNC_RANGE_STEP_MEMORY", "lots", "SYNC_RANGE_STEP_MEMORY='lots' is not a Kubernetes quantity"),
         ("SYNC_RANGE_STEP_CPU", "1 core", "SYNC_RANGE_STEP_CPU='1 core' is not a Kubernetes quantity"),
@@ -187,3 +192,10 @@ def test_the_fetch_sizes_reach_the_resources_and_default_to_the_batch() -> None:
         5000,
         2000,
     )
+
+
+def test_the_mongodb_socket_timeout_reaches_both_mongodb_resources() -> None:
+    default = build_resources(load_settings(GOOD))
+    assert default["product_db"].socket_timeout_ms == default["order_db"].socket_timeout_ms == 120_000
+    tuned = build_resources(load_settings({**GOOD, "MONGODB_SOCKET_TIMEOUT_MS": "600000"}))
+    assert tuned["product_db"].socket_timeout_ms == tuned["order_db"].socket_timeout_ms == 600_000
