@@ -43,7 +43,7 @@ class SplittableEndpoints(Protocol):
     scope: SyncScope
 
     def split_points(self, parts: int) -> list[str]:
-        """Up to `parts - 1` keys to cut the whole scope at (no key set: those are cut at their own quantiles)."""
+        """Up to `parts - 1` keys to cut the scope at (`split_sync` cuts a set of keys at their own quantiles)."""
         ...
 
 
@@ -241,7 +241,10 @@ def report_sync_op(
     """Sum the range steps' reports into the run's one report and, unless a dry run, one materialization."""
     ordered = sorted(results, key=lambda result: (result.key_range.low is not None, result.key_range.low or ""))
     report = SyncReport.merged(spec.name, config.dry_run, [result.report for result in ordered])
-    report.duration_s = max(r.finished_at for r in ordered) - min(r.started_at for r in ordered)
+    if len(ordered) == 1:
+        report.duration_s = ordered[0].report.duration_s  # the sync's own run time, as before the split
+    else:  # the wall time from the first range's start to the last one's end
+        report.duration_s = max(r.finished_at for r in ordered) - min(r.started_at for r in ordered)
     if len(ordered) > 1:
         context.log.info(f"{len(ordered)} ranges, summed: {report.summary()}")
     metadata = report_metadata(report, scope)

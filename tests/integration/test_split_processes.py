@@ -1,5 +1,6 @@
 """A split sync from the terminal: its range steps run side by side in processes of their own
-(the multiprocess executor), a step killed mid-run fails the run naming it, and a re-run converges."""
+(the multiprocess executor), capped by their database's pool; Terminate stops every step
+between batches; a step killed mid-run fails the run naming it; a re-run converges."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster_graphql.client.client_queries import TERMINATE_RUN_JOB_MUTATION
+from dagster_graphql.test.utils import execute_dagster_graphql
 
 from local.dagster_dev import DAGSTER
 from tests.factories import expected_row, product_doc
-from tests.helpers import wait_until
+from tests.helpers import EmptyWorkspaceTarget, WorkspaceProcessContext, wait_until
 from tests.integration.helpers import dagster_job_execute
 from tests.session import REPO, Databases
 
@@ -110,15 +113,10 @@ def test_the_product_db_pool_caps_the_range_steps_syncing_at_once(
     assert at_once == 2, f"{at_once} range steps synced at once with a pool of 2: {spans}"
 
 
-def test_a_range_step_killed_mid_run_fails_the_run_naming_it_and_a_rerun_converges(
-    dbs: Databases, dagster_env: dict[str, str], instance: dg.DagsterInstance, tmp_path: Path
-) -> None:
-    docs = [product_doc() for _ in range(PRODUCTS)]
-    dbs.product_db.products.insert_many(docs)
+def start_slow_split(dagster_env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
     config = tmp_path / "slow.yaml"
     config.write_text(SLOW_SPLIT)
-    victim = "sync_product_range[range_2_of_4]"
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", "product_sync_job", "-c", str(config)],
         cwd=REPO,
         env=dagster_env,
@@ -126,6 +124,44 @@ def test_a_range_step_killed_mid_run_fails_the_run_naming_it_and_a_rerun_converg
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_terminate_from_the_ui_stops_every_range_step_between_batches(
+    dbs: Databases, dagster_env: dict[str, str], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    docs = [product_doc() for _ in range(PRODUCTS)]
+    dbs.product_db.products.insert_many(docs)
+    worker = start_slow_split(dagster_env, tmp_path)
+    try:
+        wait_until("the ranges have written batches", lambda: len(dbs.product_rows()) >= 80, timeout=120, every=0.2)
+        [run] = instance.get_runs()
+        with WorkspaceProcessContext(instance, EmptyWorkspaceTarget()) as process_context:
+            # What the UI's Terminate button does (the run was started in a terminal: it is marked CANCELING).
+            execute_dagster_graphql(
+                process_context.create_request_context(), TERMINATE_RUN_JOB_MUTATION, {"runId": run.run_id}
+            )
+        _, stderr = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+    assert worker.returncode == 1
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+    assert stderr.count("products sync stopped between batches (termination requested") >= 2
+    assert len(dbs.product_rows()) < PRODUCTS
+    rerun = dagster_job_execute(dagster_env, "product_sync_job", "parallelism: 4\n", tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in docs}
+
+
+def test_a_range_step_killed_mid_run_fails_the_run_naming_it_and_a_rerun_converges(
+    dbs: Databases, dagster_env: dict[str, str], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    docs = [product_doc() for _ in range(PRODUCTS)]
+    dbs.product_db.products.insert_many(docs)
+    victim = "sync_product_range[range_2_of_4]"
+    worker = start_slow_split(dagster_env, tmp_path)
     try:
 
         def victim_pid() -> int | None:
