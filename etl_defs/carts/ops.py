@@ -108,7 +108,7 @@ def sync_carts(ready: Any) -> Any:
     return report_cart_sync(ranges.map(sync_cart_range).collect())
 
 
-#: The ops of the cart sync that take its run config (`sync_carts` gives each the same one).
+#: The ops of the cart sync that take its run config (the job's config mapping gives each the same one).
 CART_SYNC_OPS = (split_cart_sync, sync_cart_range, report_cart_sync)
 
 

@@ -92,5 +92,5 @@ def sync_products(ready: Any) -> Any:
     return report_product_sync(ranges.map(sync_product_range).collect())
 
 
-#: The ops of the product sync that take its run config (`sync_products` gives each the same one).
+#: The ops of the product sync that take its run config (the job's config mapping gives each the same one).
 PRODUCT_SYNC_OPS = (split_product_sync, sync_product_range, report_product_sync)
