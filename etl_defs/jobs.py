@@ -19,7 +19,7 @@ from etl_defs.run_config import (
     launchpad_schema,
 )
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import PIPELINE_TAG
+from etl_defs.tags import MAX_RUNTIME_TAG, PIPELINE_TAG
 
 
 class InvalidRunConfigError(dg.DagsterError):
@@ -61,6 +61,11 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
+def job_tags(settings: SyncSettings, pipeline: str) -> dict[str, str]:
+    """A sync job's tags: its pipeline (the run queue's limit) and how long run monitoring lets a run of it go."""
+    return {PIPELINE_TAG: pipeline, MAX_RUNTIME_TAG: str(settings.sync_max_runtime_seconds)}
+
+
 def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
     """`product_sync_job`: check both databases, then sync products into the Cart DB."""
 
@@ -74,7 +79,7 @@ def build_product_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
     @dg.job(
         config=product_sync_config,
-        tags={PIPELINE_TAG: "products"},
+        tags=job_tags(settings, "products"),
         executor_def=sync_executor(settings),
         description="Copy products from the Product MongoDB into the Cart PostgreSQL: insert missing, update changed.",
     )
@@ -97,7 +102,7 @@ def build_cart_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
     @dg.job(
         config=cart_sync_config,
-        tags={PIPELINE_TAG: "carts"},
+        tags=job_tags(settings, "carts"),
         executor_def=sync_executor(settings),
         description=(
             "Copy carts (joined with their products) from the Cart PostgreSQL into the Order MongoDB: insert "
@@ -140,7 +145,7 @@ def build_full_sync_job(settings: SyncSettings) -> dg.JobDefinition:
 
     @dg.job(
         config=full_sync_config,
-        tags={PIPELINE_TAG: "full"},
+        tags=job_tags(settings, "full"),
         executor_def=sync_executor(settings),
         description=(
             "Product sync, then cart sync, in one run: a product's new price reaches the Order DB's carts. "

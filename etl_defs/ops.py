@@ -33,6 +33,9 @@ RETRY_BASE_DELAY_S = 2.0
 #: How often, at most, a sync asks the instance whether its run is being terminated.
 TERMINATION_POLL_S = 1.0
 _TERMINATING = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+#: A step still running while its run is already FAILURE was orphaned: run monitoring found the run's
+#: worker dead (or past its max runtime) and failed the run, and a retry may be on its way.
+_ORPHANED = (dg.DagsterRunStatus.FAILURE,)
 #: The metadata key that says what a sync covered (`SyncScope.kind`): `table`, `user` or `keys`.
 SCOPE_KEY = "scope"
 
@@ -320,7 +323,8 @@ def resumed_report(
 
 
 def make_stop_check(context: dg.OpExecutionContext) -> Callable[[], str | None]:
-    """The check the sync runs before each batch: is this run being terminated (the UI's Terminate)?
+    """The check the sync runs before each batch: is this run being terminated (the UI's Terminate), or
+    has it been failed under this step (an orphaned step process, whose run worker died)?
 
     A launched run is also interrupted by a signal, but nothing can signal a run started
     with `dagster job execute`: Dagster only marks it CANCELING. So the sync reads its run's
@@ -341,6 +345,8 @@ def make_stop_check(context: dg.OpExecutionContext) -> Callable[[], str | None]:
             return None
         if run is not None and run.status in _TERMINATING:
             return f"termination requested: the run is {run.status.value}"
+        if run is not None and run.status in _ORPHANED:
+            return "this step's run was already marked failed (its worker was found dead, or ran past its max runtime)"
         return None
 
     return requested

@@ -30,6 +30,9 @@ MAX_BATCH_SIZE = 100_000
 #: Bounds of a change-capture sensor's interval (seconds between two ticks).
 MIN_CDC_INTERVAL_S = 1
 MAX_CDC_INTERVAL_S = 3600
+#: How long a whole-table sync may run before run monitoring fails it (`dagster/max_runtime`): the
+#: slowest measured rate (the cart sync, 1M rows in 259 s here) covers about 50M rows in 4 hours.
+DEFAULT_SYNC_MAX_RUNTIME_S = 4 * 3600
 
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
@@ -110,6 +113,9 @@ class SyncSettings(BaseModel):
     sync_executor: SyncExecutor = Field(default="local", alias="SYNC_EXECUTOR")
     range_step_cpu: str = Field(default="1", alias="SYNC_RANGE_STEP_CPU")
     range_step_memory: str = Field(default="1Gi", alias="SYNC_RANGE_STEP_MEMORY")
+    sync_max_runtime_seconds: int = Field(
+        default=DEFAULT_SYNC_MAX_RUNTIME_S, alias="SYNC_MAX_RUNTIME_SECONDS", ge=60, le=7 * 24 * 3600
+    )
 
     @field_validator("product_mongodb_url", "order_mongodb_url")
     @classmethod

@@ -100,6 +100,13 @@ _OTHER_HOLDERS_SQL = (
 )
 
 
+#: The server side's TCP keepalives of a session holding a sync lock (the client's are in `connect_args`).
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 3}
+_SERVER_KEEPALIVES_SQL = "SELECT " + ", ".join(
+    f"set_config('{name}', '{value}', false)" for name, value in SERVER_KEEPALIVES.items()
+)
+
+
 def _lock_key(name: str) -> int:
     """The second half of a two-part advisory lock key (a signed int4)."""
     value = zlib.crc32(name.encode())
@@ -263,6 +270,9 @@ class PostgresResource(dg.ConfigurableResource):
         member = name_half << 32 | holder_half
         member -= (1 << 64) if member >= (1 << 63) else 0
         with self.connection(autocommit=True) as conn:
+            # The server ends this session, and so frees the lock, within about 25 s of the holder's machine
+            # going silent (a host that restarted sends no FIN), not after the kernel's 2-hour keepalive.
+            conn.execute(_SERVER_KEEPALIVES_SQL)
             try:
                 with conn.transaction():
                     conn.execute(f"SET LOCAL lock_timeout = '{LOCK_GATE_TIMEOUT_MS}ms'")

@@ -13,7 +13,7 @@ from etl_defs.carts.changes import parse_changes
 from etl_defs.carts.endpoints import carts_holding
 from etl_defs.schedules import IN_FLIGHT_STATUSES
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import CART_CHANGES_TRIGGER, OLDEST_CHANGE_TAG, TRIGGER_TAG, run_key
+from etl_defs.tags import CART_CHANGES_TRIGGER, OLDEST_CHANGE_TAG, TRIGGER_TAG, run_key, sensor_run_tags
 from resources import DatabaseUnavailableError, PostgresResource, ReplicationSlotLostError
 from resources.postgres import SlotState
 
@@ -101,8 +101,9 @@ def _tick(context: dg.SensorEvaluationContext, cart_db: PostgresResource, job_na
     running = _newest_slot_consumer(context.instance, job_name, IN_FLIGHT_STATUSES)
     if running is not None:
         return dg.SensorResult(
-            skip_reason=f"cart_sync_job run {running.run_id} is still applying the slot's changes; "
-            "the slot is read again once it has advanced it"
+            skip_reason=f"cart_sync_job run {running.run_id} is still applying the slot's changes "
+            f"({running.status.value.lower()}); the slot is read again once that run advanced it or ended "
+            "(a run whose worker died is failed by run monitoring, and its changes are requested again)"
         )
     try:
         changes = parse_changes(cart_db.peek_changes(MAX_CHANGES_PER_TICK), schema=state.current_schema)
@@ -133,18 +134,17 @@ def _tick(context: dg.SensorEvaluationContext, cart_db: PostgresResource, job_na
             else f"more than {MAX_KEYS_PER_RUN} carts to repair"
         )
         context.log.info(f"{summary}; {why}: requesting a full cart_sync_job that advances the slot")
-        return _request(
-            run_key(CHANGES_FULL_TRIGGER, *span), {"advance_slot_to": changes.up_to_lsn}, CHANGES_FULL_TRIGGER, tags
-        )
+        full_tags = {**sensor_run_tags(CHANGES_FULL_TRIGGER, keyed=False), **tags}
+        return _request(run_key(CHANGES_FULL_TRIGGER, *span), {"advance_slot_to": changes.up_to_lsn}, full_tags)
     context.log.info(f"{summary}: requesting a sync of {len(carts)} carts")
     config = {"keys": sorted(carts), "advance_slot_to": changes.up_to_lsn}
-    return _request(run_key(CART_CHANGES_TRIGGER, *span), config, CART_CHANGES_TRIGGER, tags)
-
-
-def _request(run_key: str, run_config: dict, trigger: str, tags: dict[str, str]) -> dg.SensorResult:
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=run_key, run_config=run_config, tags={TRIGGER_TAG: trigger, **tags})]
+    return _request(
+        run_key(CART_CHANGES_TRIGGER, *span), config, {**sensor_run_tags(CART_CHANGES_TRIGGER, keyed=True), **tags}
     )
+
+
+def _request(run_key: str, run_config: dict, tags: dict[str, str]) -> dg.SensorResult:
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, run_config=run_config, tags=tags)])
 
 
 def _slot_lost(context: dg.SensorEvaluationContext, cart_db: PostgresResource, why: str) -> dg.SensorResult:
@@ -154,4 +154,5 @@ def _slot_lost(context: dg.SensorEvaluationContext, cart_db: PostgresResource, w
     context.log.warning(
         f"{why}; recreated it at {lsn} and requesting a full cart_sync_job for the changes it can no longer give"
     )
-    return _request(run_key(SLOT_LOST_TRIGGER, lsn), {}, SLOT_LOST_TRIGGER, {})
+    # Not asked again by this sensor once the slot is recreated: Dagster's run retries take a failed one again.
+    return _request(run_key(SLOT_LOST_TRIGGER, lsn), {}, {TRIGGER_TAG: SLOT_LOST_TRIGGER})

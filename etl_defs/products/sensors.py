@@ -24,7 +24,7 @@ from etl_defs.products.changes import (
     token_text,
 )
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG, run_key
+from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG, run_key, sensor_run_tags
 from resources import DatabaseUnavailableError, MongoResource
 
 SENSOR_NAME = "product_changes_sensor"
@@ -37,6 +37,9 @@ MAX_KEYS_PER_RUN = 5000
 MAX_READ_S = 15.0
 #: How many failed keyed runs one tick looks at to request their keys again.
 MAX_RETRIED_RUNS = 50
+#: A keyed run that ended so (failed: a database gone, or its worker dead, as run monitoring found; canceled:
+#: terminated, or past its max runtime) repaired only part of its keys: the next tick requests them again.
+_ENDED_BADLY = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class ChangesCursor:
     """The sensor's cursor: the stream's resume token, and the last failed run whose keys were requested again."""
 
     token: ResumeToken | None = None
-    #: The update time (POSIX seconds) of the newest failed keyed run already requested again.
+    #: The update time (POSIX seconds) of the newest failed or canceled keyed run already requested again.
     failures_until: float | None = None
 
     @classmethod
@@ -66,12 +69,12 @@ class ChangesCursor:
 def failed_keyed_runs(
     instance: dg.DagsterInstance, job_name: str, after: float | None, room: int
 ) -> tuple[list[dg.DagsterRun], set[str], float | None]:
-    """Keyed runs this sensor requested that failed since `after` (oldest first), as many as
-    their keys fit in `room`: (the runs, their keys, the update time of the last one taken)."""
+    """Keyed runs this sensor requested that failed or were canceled since `after` (oldest first), as many
+    as their keys fit in `room`: (the runs, their keys, the update time of the last one taken)."""
     records = instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=job_name,
-            statuses=[dg.DagsterRunStatus.FAILURE],
+            statuses=_ENDED_BADLY,
             tags={TRIGGER_TAG: CHANGES_TRIGGER},
             updated_after=datetime.fromtimestamp(after, UTC) if after is not None else None,
         ),
@@ -104,7 +107,7 @@ def keyed_run_request(changes: ProductChanges, keys: set[str], retried: list[dg.
             CHANGES_TRIGGER, token_text(changes.start), token_text(changes.end), *sorted(r.run_id for r in retried)
         ),
         run_config={"keys": sorted(keys)},
-        tags={TRIGGER_TAG: CHANGES_TRIGGER, OLDEST_CHANGE_TAG: oldest.isoformat()},
+        tags={**sensor_run_tags(CHANGES_TRIGGER, keyed=True), OLDEST_CHANGE_TAG: oldest.isoformat()},
     )
 
 
