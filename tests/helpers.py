@@ -6,6 +6,7 @@ Import `tests.session` first (it is imported here), so the environment is the se
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,11 +17,13 @@ import dagster as dg
 import psycopg
 
 # Dagster's private APIs, for what no public API does: a workspace loaded in-process (the
-# scheduler's view of the code location) and the webserver's GraphQL without a webserver.
+# scheduler's view of the code location), the webserver's GraphQL without a webserver, and one
+# pass of the run monitoring daemon.
 from dagster._core.test_utils import in_process_test_workspace
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
+from dagster._daemon.monitoring.run_monitoring import monitor_started_run as _monitor_started_run
 from pymongo import monitoring
 
 import etl_defs
@@ -40,6 +43,8 @@ __all__ = [
     "defs",
     "in_process_test_workspace",
     "mongo_commands",
+    "monitor_started_run",
+    "run_failure_message",
     "settings",
     "wait_until",
 ]
@@ -114,3 +119,19 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float = 30, ev
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting until {what}")
+
+
+def monitor_started_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """One pass of Dagster's run monitoring daemon over a STARTED run: it asks the instance's run launcher
+    whether the run's worker lives, and fails the run when it does not."""
+    record = instance.get_run_record_by_id(run_id)
+    assert record is not None and record.dagster_run.status == dg.DagsterRunStatus.STARTED
+    _monitor_started_run(instance, None, record, logging.getLogger("run_monitoring"))  # no workspace: nothing resumes
+
+
+def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The message of a run's RUN_FAILURE event (what the UI shows on the run)."""
+    [record] = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    event = record.event_log_entry.dagster_event
+    assert event is not None and event.message is not None
+    return event.message

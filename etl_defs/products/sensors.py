@@ -37,9 +37,6 @@ MAX_KEYS_PER_RUN = 5000
 MAX_READ_S = 15.0
 #: How many failed keyed runs one tick looks at to request their keys again.
 MAX_RETRIED_RUNS = 50
-#: A keyed run that ended so (failed: a database gone, or its worker dead, as run monitoring found; canceled:
-#: terminated, or past its max runtime) repaired only part of its keys: the next tick requests them again.
-_ENDED_BADLY = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class ChangesCursor:
     """The sensor's cursor: the stream's resume token, and the last failed run whose keys were requested again."""
 
     token: ResumeToken | None = None
-    #: The update time (POSIX seconds) of the newest failed or canceled keyed run already requested again.
+    #: The update time (POSIX seconds) of the newest failed keyed run already requested again.
     failures_until: float | None = None
 
     @classmethod
@@ -69,12 +66,13 @@ class ChangesCursor:
 def failed_keyed_runs(
     instance: dg.DagsterInstance, job_name: str, after: float | None, room: int
 ) -> tuple[list[dg.DagsterRun], set[str], float | None]:
-    """Keyed runs this sensor requested that failed or were canceled since `after` (oldest first), as many
-    as their keys fit in `room`: (the runs, their keys, the update time of the last one taken)."""
+    """Keyed runs this sensor requested that failed since `after` (a database gone, the lock held, or their
+    worker found dead by run monitoring), oldest first, as many as their keys fit in `room`: (the runs, their
+    keys, the update time of the last one taken)."""
     records = instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=job_name,
-            statuses=_ENDED_BADLY,
+            statuses=[dg.DagsterRunStatus.FAILURE],
             tags={TRIGGER_TAG: CHANGES_TRIGGER},
             updated_after=datetime.fromtimestamp(after, UTC) if after is not None else None,
         ),

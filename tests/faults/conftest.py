@@ -8,18 +8,22 @@ database); `order` is a second `LocalStack` of which only SecantusDB is started,
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psycopg
 import pytest
 
 from local.stack import LocalStack, free_port
-from tests.faults.helpers import FaultStack, JobInThread, StartJob
-from tests.session import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD
+from tests.faults.helpers import FaultStack, JobInThread, Orchestrator, StartJob
+from tests.helpers import settings
+from tests.session import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD, REPO
 
 
 @pytest.fixture(scope="package")
@@ -87,3 +91,46 @@ def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """No retries, for a MongoDB that stays down: each attempt would wait its 5s server
     selection timeout for nothing (the PostgreSQL tests go through every retry)."""
     monkeypatch.setattr("etl_defs.ops.MAX_CONNECTION_RETRIES", 0)
+
+
+#: Never, in practice: the schedules and the health check run (ENABLE_SCHEDULER) but do not tick during a test.
+_NEVER = "0 0 29 2 *"
+
+
+@pytest.fixture()
+def orchestrator(faults: FaultStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orchestrator]:
+    """A daemon host for one test: DAGSTER_HOME with the repo's dagster.yaml (run monitoring, run retries, the
+    queue's limits), an instance database of its own on the fault stack's PostgreSQL, and the change sensors
+    running every 5 s. The daemon is not started yet."""
+    database = f"dagster_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(faults.main.pg_url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    variables = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": faults.main.pg_url(database, scheme="postgresql+psycopg2"),
+        "ENABLE_SCHEDULER": "true",  # the change sensors start with the daemon, as in production
+        "SYNC_CRON_SCHEDULE": _NEVER,
+        "CART_SYNC_CRON_SCHEDULE": _NEVER,
+        "HEALTH_CHECK_CRON_SCHEDULE": _NEVER,
+        "PRODUCT_CDC_INTERVAL_SECONDS": "5",
+        "CART_CDC_INTERVAL_SECONDS": "5",
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    instance = dg.DagsterInstance.get()  # creates the instance's tables before any process shares them
+    orchestrator = Orchestrator(home=home, env=dict(os.environ), instance=instance)
+    try:
+        yield orchestrator
+    finally:
+        orchestrator.stop()
+        instance.dispose()
+        with faults.cart_conn() as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                (settings.cart_cdc_slot,),
+            )
+        with psycopg.connect(faults.main.pg_url("postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")

@@ -1,12 +1,18 @@
 """Helpers of the fault tests: their servers, a job run in a thread, faults injected mid-write,
-and what a failed run must say."""
+what a failed run must say, and an orchestrator (the daemon and all it started) that crashes."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -14,6 +20,7 @@ import psycopg
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from local.dagster_dev import DAGSTER, REPO, group_alive
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 from tests.helpers import defs, wait_until
@@ -119,7 +126,7 @@ def sync_sessions(faults: FaultStack, *, waiting_on_a_lock: bool = False) -> int
 
 
 @contextmanager
-def write_held_mid_statement(faults: FaultStack, table: str) -> Iterator[psycopg.Connection]:
+def write_held_mid_statement(faults: FaultStack, table: str, timeout: float = 30) -> Iterator[psycopg.Connection]:
     """Hold the sync's next write to `table` mid-statement, inside its transaction.
 
     A table lock in EXCLUSIVE mode lets reads go on but makes the next batch's write wait,
@@ -130,7 +137,9 @@ def write_held_mid_statement(faults: FaultStack, table: str) -> Iterator[psycopg
     blocker.autocommit = False
     try:
         blocker.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-        wait_until("a batch's write waits on the lock", lambda: sync_sessions(faults, waiting_on_a_lock=True) == 1)
+        wait_until(
+            "a batch's write waits on the lock", lambda: sync_sessions(faults, waiting_on_a_lock=True) == 1, timeout
+        )
         yield blocker
     finally:
         with suppress(psycopg.Error):
@@ -167,3 +176,106 @@ def retries(result: dg.ExecuteInProcessResult, step: str) -> int:
     restarted = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED" and e.step_key == step]
     assert len(restarted) == len(asked)
     return len(asked)
+
+
+# ----- an orchestrator that crashes -----
+#: Run statuses of a run that has not ended.
+NOT_ENDED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+@dataclass
+class Orchestrator:
+    """`dagster-daemon run` on the repo's workspace.yaml and dagster.yaml, as a VM runs it, with an instance of
+    its own: its code server and the run workers that starts are in the daemon's process group, so `crash()`
+    kills them together, as a host restart, a restarted container or an OOM kill of the code server does."""
+
+    home: Path
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    _daemon: subprocess.Popen | None = None
+    _logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        """A new daemon (and, once it loads the workspace, a new code server)."""
+        log = self.home / f"daemon-{len(self._logs) + 1}.log"
+        self._logs.append(log)
+        with log.open("wb") as out:
+            self._daemon = subprocess.Popen(
+                [str(Path(DAGSTER).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def crash(self) -> None:
+        """SIGKILL the daemon and everything it started, and wait until none of them is left."""
+        assert self._daemon is not None and self._daemon.poll() is None, "no daemon running"
+        os.killpg(self._daemon.pid, signal.SIGKILL)
+        self._daemon.wait(timeout=30)
+        wait_until("every process the daemon started is gone", lambda: not group_alive(self._daemon.pid), 30)
+        self._daemon = None
+
+    def stop(self) -> None:
+        if self._daemon is not None and self._daemon.poll() is None:
+            self.crash()
+
+    def log_tail(self) -> str:
+        return "\n".join(f"== {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in self._logs)
+
+    def launch(self, job: str, run_config: dict[str, Any] | None = None) -> str:
+        """`dagster job launch`, as an operator queues a run from a terminal; returns the run's id."""
+        before = {run.run_id for run in self.instance.get_runs(dg.RunsFilter(job_name=job))}
+        args = [DAGSTER, "job", "launch", "-w", "workspace.yaml", "-j", job]
+        if run_config is not None:
+            config = self.home / f"run-config-{len(before)}.json"  # JSON is YAML
+            config.write_text(json.dumps(run_config))
+            args += ["-c", str(config)]
+        done = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        [run_id] = {run.run_id for run in self.instance.get_runs(dg.RunsFilter(job_name=job))} - before
+        return run_id
+
+    def status(self, run_id: str) -> dg.DagsterRunStatus:
+        run = self.instance.get_run_by_id(run_id)
+        assert run is not None
+        return run.status
+
+    def wait_for_status(self, run_id: str, *statuses: dg.DagsterRunStatus, timeout: float) -> float:
+        """Wait until run `run_id` is in one of `statuses`; returns the seconds it took."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while self.status(run_id) not in statuses:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"run {run_id} is {self.status(run_id).value} after {timeout:.0f}s, not "
+                    f"{' or '.join(s.value for s in statuses)}\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    def runs(self, job: str | None = None, **tags: str) -> list[dg.DagsterRun]:
+        """The runs (of `job`, with `tags`), oldest first."""
+        filters = dg.RunsFilter(job_name=job, tags=tags or {})
+        return list(reversed(self.instance.get_runs(filters)))
+
+    def wait_until_every_run_ended(self, timeout: float) -> None:
+        wait_until(
+            "every run ended", lambda: not self.instance.get_runs(dg.RunsFilter(statuses=NOT_ENDED)), timeout, 0.5
+        )
+
+    def sensor_ticks(self, name: str) -> int:
+        """How many evaluations of sensor (or schedule) `name` the daemon finished."""
+        for state in self.instance.all_instigator_state():
+            if state.name == name:
+                ticks = self.instance.get_ticks(state.instigator_origin_id, state.selector_id)
+                return len([tick for tick in ticks if tick.status.value != "STARTED"])
+        return 0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from local.dagster_dev import LOCATION, REPOSITORY, SENSOR_TICKS, DagsterDev, running_dagster_dev
@@ -54,3 +57,23 @@ def dagster_dev(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
             lambda: server.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]["sensorState"]["ticks"],
         )
         yield server
+
+
+@pytest.fixture()
+def monitored_instance() -> Iterator[dg.DagsterInstance]:
+    """A throwaway instance with dagster.yaml's run launcher (the one run monitoring asks about workers)."""
+    overrides = {
+        "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"},
+        "run_launcher": {"module": "etl_defs.run_launcher", "class": "WorkerCheckingRunLauncher"},
+    }
+    with dg.instance_for_test(overrides=overrides) as instance:
+        yield instance
+
+
+@pytest.fixture()
+def worker_process() -> Iterator[subprocess.Popen]:
+    """A process of this machine for a STARTED run's worker (`started_on_this_machine`); the test kills it."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()

@@ -9,9 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
+
+from etl_defs.run_launcher import GRPC_INFO_TAG, WORKER_MACHINE_TAG, Machine
 from local.dagster_dev import dagster_job_execute as job_execute
 from local.stack import CART_DB
 from resources import PostgresResource
+from tests.helpers import defs
 from tests.session import Databases
 
 
@@ -52,3 +56,17 @@ class LogLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
+
+
+def started_on_this_machine(instance: dg.DagsterInstance, request: dg.RunRequest, job: str, worker_pid: int) -> str:
+    """A run of `request`, STARTED as the daemon leaves one it launched here: the launcher's tags, and the
+    first engine event of the code server's run worker (process `worker_pid`). Returns its run id."""
+    launched = {WORKER_MACHINE_TAG: Machine.this().tag(), GRPC_INFO_TAG: '{"host": "localhost", "socket": "/tmp/s"}'}
+    run = instance.create_run_for_job(
+        defs.resolve_job_def(job),
+        run_config=request.run_config,
+        tags={**request.tags, **launched},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    instance.report_engine_event(f"Started process for run (pid: {worker_pid}).", run)
+    return run.run_id

@@ -6,6 +6,7 @@ run it requests is executed for real with its run config and tags, as the daemon
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,19 @@ import pytest
 from etl_defs.carts.sensors import CHANGES_FULL_TRIGGER, MAX_KEYS_PER_RUN, SLOT_LOST_TRIGGER
 from etl_defs.definitions import build_definitions
 from etl_defs.jobs import InvalidRunConfigError
-from etl_defs.tags import CART_CHANGES_TRIGGER, OLDEST_CHANGE_TAG, TRIGGER_TAG
+from etl_defs.tags import (
+    CART_CHANGES_TRIGGER,
+    KEYED_REPAIR_MAX_RUNTIME_S,
+    MAX_RETRIES_TAG,
+    MAX_RUNTIME_TAG,
+    OLDEST_CHANGE_TAG,
+    TRIGGER_TAG,
+)
 from local.stack import CART_DB, MAX_SLOT_WAL_KEEP_SIZE, LocalStack, free_port
 from resources import PostgresResource
 from tests.factories import Cart, expected_doc, new_cart, new_product
-from tests.helpers import copy_carts, copy_products, defs, settings
-from tests.integration.helpers import LogLines, sync_lock_held_elsewhere
+from tests.helpers import copy_carts, copy_products, defs, monitor_started_run, run_failure_message, settings
+from tests.integration.helpers import LogLines, started_on_this_machine, sync_lock_held_elsewhere
 from tests.session import Databases
 
 SENSOR = "cart_changes_sensor"
@@ -210,6 +218,8 @@ def test_a_truncate_requests_one_full_sync_that_advances_the_slot(
     [request] = tick(instance).run_requests
 
     assert request.tags[TRIGGER_TAG] == CHANGES_FULL_TRIGGER and "keys" not in request.run_config
+    # Asked again by the sensor when it fails, never retried by Dagster as well; bounded as a whole-table sync.
+    assert request.tags[MAX_RETRIES_TAG] == "0" and MAX_RUNTIME_TAG not in request.tags
     assert execute(instance, request).success
     assert slot_lsn(dbs) == request.run_config["advance_slot_to"]
 
@@ -303,3 +313,38 @@ def test_the_sensor_follows_its_settings() -> None:
     assert sensor.minimum_interval_seconds == 9
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert sensor.job_name == "cart_sync_job"
+
+
+def test_a_run_whose_worker_died_is_failed_by_run_monitoring_and_its_changes_are_requested_again(
+    dbs: Databases, monitored_instance: dg.DagsterInstance, no_slot: None, worker_process: subprocess.Popen
+) -> None:
+    instance = monitored_instance
+    _, carts = in_step(dbs, instance, carts=3)
+    tick(instance)
+    with dbs.cart_conn() as conn:
+        conn.execute("UPDATE cart SET version = 5 WHERE id = %s", (carts[2].id,))
+    [request] = tick(instance).run_requests
+    assert (request.tags[MAX_RETRIES_TAG], request.tags[MAX_RUNTIME_TAG]) == ("0", str(KEYED_REPAIR_MAX_RUNTIME_S))
+    before = slot_lsn(dbs)
+    run_id = started_on_this_machine(instance, request, "cart_sync_job", worker_process.pid)
+
+    # In flight: its worker lives, so run monitoring leaves it, and the sensor waits for it.
+    monitor_started_run(instance, run_id)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+    assert f"run {run_id} is still applying the slot's changes (started)" in skipped(tick(instance))
+
+    # Dead: its worker was killed with its code server; the next pass of run monitoring fails the run.
+    worker_process.kill()
+    worker_process.wait()
+    monitor_started_run(instance, run_id)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert f"the run's worker died: its worker process {worker_process.pid}" in run_failure_message(instance, run_id)
+
+    # Failed: its changes are still in the slot, requested again under a new run key.
+    assert slot_lsn(dbs) == before
+    [again] = tick(instance).run_requests
+    assert again.run_config == request.run_config
+    assert again.run_key != request.run_key
+    assert execute(instance, again).success
+    assert order_docs(dbs)[carts[2].id]["version"] == 5
+    assert slot_lsn(dbs) == request.run_config["advance_slot_to"]

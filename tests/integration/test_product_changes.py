@@ -7,6 +7,7 @@ run it requests is executed for real with its run config and tags, as the daemon
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from typing import Any
 
@@ -19,10 +20,10 @@ from etl_defs.definitions import build_definitions
 from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.products.sensors import CHANGES_TRIGGER, HISTORY_LOST_TRIGGER, MAX_KEYS_PER_RUN, ChangesCursor
 from etl_defs.run_config import MAX_SYNC_KEYS
-from etl_defs.tags import OLDEST_CHANGE_TAG, TRIGGER_TAG
+from etl_defs.tags import KEYED_REPAIR_MAX_RUNTIME_S, MAX_RETRIES_TAG, MAX_RUNTIME_TAG, OLDEST_CHANGE_TAG, TRIGGER_TAG
 from tests.factories import expected_row, product_doc
-from tests.helpers import copy_products, defs, mongo_commands, settings
-from tests.integration.helpers import LogLines, sync_lock_held_elsewhere
+from tests.helpers import copy_products, defs, mongo_commands, monitor_started_run, run_failure_message, settings
+from tests.integration.helpers import LogLines, started_on_this_machine, sync_lock_held_elsewhere
 from tests.session import Databases
 
 SENSOR = "product_changes_sensor"
@@ -330,3 +331,31 @@ def test_the_sensor_follows_its_interval_setting_and_enable_scheduler() -> None:
     assert on.minimum_interval_seconds == 7
     assert (on.default_status, off.default_status) == (dg.DefaultSensorStatus.RUNNING, dg.DefaultSensorStatus.STOPPED)
     assert on.job_name == "product_sync_job"
+
+
+def test_a_keyed_run_whose_worker_died_is_failed_by_run_monitoring_and_its_keys_are_requested_again(
+    dbs: Databases, monitored_instance: dg.DagsterInstance, worker_process: subprocess.Popen
+) -> None:
+    instance = monitored_instance
+    docs = in_step(dbs, 3)
+    cursor = tick(instance, None).cursor
+    dbs.product_db.products.update_one({"_id": docs[0]["_id"]}, {"$set": {"price": 4321}})
+    first = tick(instance, cursor)
+    [request] = first.run_requests
+    assert (request.tags[MAX_RETRIES_TAG], request.tags[MAX_RUNTIME_TAG]) == ("0", str(KEYED_REPAIR_MAX_RUNTIME_S))
+    run_id = started_on_this_machine(instance, request, "product_sync_job", worker_process.pid)
+
+    monitor_started_run(instance, run_id)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+    assert tick(instance, first.cursor).run_requests == [], "in flight: its keys are its own"
+
+    worker_process.kill()
+    worker_process.wait()
+    monitor_started_run(instance, run_id)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert f"the run's worker died: its worker process {worker_process.pid}" in run_failure_message(instance, run_id)
+
+    [again] = tick(instance, first.cursor).run_requests
+    assert again.run_config == request.run_config and again.run_key != request.run_key
+    assert execute(instance, again).success
+    assert dbs.product_rows()[str(docs[0]["_id"])][2] == 4321
