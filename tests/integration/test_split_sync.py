@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -227,3 +230,29 @@ def test_a_keyed_run_splits_its_keys_between_ranges(dbs: Databases, instance: dg
     metadata = materialized(result, "report_product_sync", CART_DB_PRODUCT)
     assert metadata["scope"] == "keys" and metadata["keys"] == 6
     assert [part["source_rows"] for part in metadata["ranges"]] == [2, 2, 2]
+
+
+def keepalive_timers_s(port: int) -> list[float]:
+    """The keepalive timers (seconds left) of the server side of every idle TCP session on `port`, from `ss`."""
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    timers = []
+    for found in re.finditer(r"timer:\(keepalive,([^,]+),", out):
+        minutes, seconds = re.fullmatch(r"(?:(\d+)min)?(?:([\d.]+)(?:sec|ms))?", found[1]).groups()
+        timers.append(int(minutes or 0) * 60 + float(seconds or 0))
+    return timers
+
+
+def test_the_server_ends_the_session_of_a_lock_holder_whose_machine_went_silent_within_seconds(
+    dbs: Databases,
+) -> None:
+    """A machine that dies sends no FIN: the server learns the client is gone from TCP keepalives, after the
+    kernel's two hours unless the session asks for less. The sync lock's session asks for 10 s."""
+    port = dbs.stack.state.pg_port
+    with sync_lock_held_elsewhere(dbs, "products"), dbs.cart_conn():  # and a session of our own, for contrast
+        time.sleep(1.5)  # idle, so that the server's sockets run their keepalive timers
+        timers = sorted(keepalive_timers_s(port))
+    assert len(timers) == 2, timers
+    assert timers[0] <= 10, f"the lock's session keeps the kernel's keepalive: {timers}"
+    assert timers[1] > 600, f"a session without the setting keeps the kernel's two hours: {timers}"

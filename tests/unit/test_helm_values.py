@@ -318,3 +318,20 @@ def test_validator_catches_mistakes(validator: Draft202012Validator, values: dic
     broken = copy.deepcopy(values)
     break_values(broken)
     assert _error_lines(validator, broken) != []
+
+
+def test_run_monitoring_and_run_retries_are_on_as_in_dagster_yaml(values: dict[str, Any]) -> None:
+    """A dead run pod is failed, and a failed sync retried, with the bounds README's "Failures" states."""
+    instance = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    monitoring, retries = values["dagsterDaemon"]["runMonitoring"], values["dagsterDaemon"]["runRetries"]
+    assert monitoring["enabled"] is True and instance["run_monitoring"]["enabled"] is True
+    assert monitoring["pollIntervalSeconds"] == instance["run_monitoring"]["poll_interval_seconds"]
+    assert monitoring["maxResumeRunAttempts"] == instance["run_monitoring"]["max_resume_run_attempts"] == 0
+    assert monitoring["freeSlotsAfterRunEndSeconds"] == instance["run_monitoring"]["free_slots_after_run_end_seconds"]
+    assert retries == {"enabled": True, "maxRetries": instance["run_retries"]["max_retries"]}
+    assert instance["run_launcher"]["class"] == "WorkerCheckingRunLauncher"
+    tolerations = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["tolerations"]
+    assert {t["key"]: t["tolerationSeconds"] for t in tolerations} == {
+        "node.kubernetes.io/not-ready": 30,
+        "node.kubernetes.io/unreachable": 30,
+    }

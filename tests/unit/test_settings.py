@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from etl_defs.definitions import build_resources
+from etl_defs.definitions import build_definitions, build_resources
 from etl_defs.settings import SettingsError, load_settings, mask_secrets
 from local.dagster_dev import DAGSTER
 from tests.session import REPO
@@ -80,6 +80,7 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
             "MONGODB_SOCKET_TIMEOUT_MS='500' Input should be greater than or equal to 1000",
         ),
         ("SYNC_EXECUTOR", "kubernetes", "SYNC_EXECUTOR='kubernetes' Input should be 'local' or 'k8s'"),
+        ("SYNC_MAX_RUNTIME_SECONDS", "30", "SYNC_MAX_RUNTIME_SECONDS='30' Input should be greater than or equal to 60"),
         ("SYNC_RANGE_STEP_MEMORY", "lots", "SYNC_RANGE_STEP_MEMORY='lots' is not a Kubernetes quantity"),
         ("SYNC_RANGE_STEP_CPU", "1 core", "SYNC_RANGE_STEP_CPU='1 core' is not a Kubernetes quantity"),
         (
@@ -199,3 +200,10 @@ def test_the_mongodb_socket_timeout_reaches_both_mongodb_resources() -> None:
     assert default["product_db"].socket_timeout_ms == default["order_db"].socket_timeout_ms == 120_000
     tuned = build_resources(load_settings({**GOOD, "MONGODB_SOCKET_TIMEOUT_MS": "600000"}))
     assert tuned["product_db"].socket_timeout_ms == tuned["order_db"].socket_timeout_ms == 600_000
+
+
+def test_every_sync_job_carries_its_max_runtime_for_run_monitoring() -> None:
+    for environ, expected in ((GOOD, "14400"), ({**GOOD, "SYNC_MAX_RUNTIME_SECONDS": "36000"}, "36000")):
+        defs = build_definitions(load_settings(environ))
+        for job in ("product_sync_job", "cart_sync_job", "full_sync_job"):
+            assert defs.resolve_job_def(job).tags["dagster/max_runtime"] == expected, job
