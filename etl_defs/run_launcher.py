@@ -25,7 +25,7 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 
 #: On a run this launcher started: the machine its worker runs on (`{"host": ..., "boot_id": ...}`).
 WORKER_MACHINE_TAG = "etl-sync/worker-machine"
-#: The engine event a code server's run worker logs first (`dagster._grpc.impl`), with its pid in the metadata.
+#: The message of the engine event a code server's run worker logs first (`dagster._grpc.impl`), with its pid.
 _WORKER_STARTED_PREFIX = "Started process for run (pid: "
 #: Engine events read, at most, looking for it (it is the worker's first; a few precede it).
 _EVENTS_LOOKED_AT = 20
