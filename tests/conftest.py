@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import dagster as dg
@@ -51,3 +53,12 @@ def dbs(stack: LocalStack) -> Iterator[Databases]:
         conn.execute("TRUNCATE cart, product")
     yield Databases(stack=stack, mongo=mongo)
     mongo.close()
+
+
+@pytest.fixture()
+def worker_process() -> Iterator[subprocess.Popen]:
+    """A real process of this machine standing in for a run worker (it only sleeps); a test may kill it."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,12 +66,3 @@ def monitored_instance() -> Iterator[dg.DagsterInstance]:
     }
     with dg.instance_for_test(overrides=overrides) as instance:
         yield instance
-
-
-@pytest.fixture()
-def worker_process() -> Iterator[subprocess.Popen]:
-    """A process of this machine for a STARTED run's worker (`started_on_this_machine`); the test kills it."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield process
-    process.kill()
-    process.wait()

@@ -6,9 +6,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,47 +20,38 @@ def launched_tags(machine: Machine = HERE, grpc_host: str = "localhost") -> dict
     return {WORKER_MACHINE_TAG: machine.tag(), GRPC_INFO_TAG: json.dumps({"host": grpc_host, "socket": "/tmp/x"})}
 
 
-@pytest.fixture()
-def worker() -> Iterator[subprocess.Popen]:
-    """A real process standing in for a run worker (it only sleeps)."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait()
-
-
 def test_the_start_time_of_a_live_process_is_read_and_a_gone_or_exited_one_has_none(
-    worker: subprocess.Popen,
+    worker_process: subprocess.Popen,
 ) -> None:
-    started = process_started_at(worker.pid)
+    started = process_started_at(worker_process.pid)
     assert started is not None and abs(started - time.time()) < 5
-    worker.kill()
+    worker_process.kill()
     time.sleep(0.2)
-    assert process_started_at(worker.pid) is None, "a killed child not yet reaped (a zombie) is not alive"
-    worker.wait()
-    assert process_started_at(worker.pid) is None
+    assert process_started_at(worker_process.pid) is None, "a killed child not yet reaped (a zombie) is not alive"
+    worker_process.wait()
+    assert process_started_at(worker_process.pid) is None
 
 
-def test_a_worker_whose_process_lives_is_alive(worker: subprocess.Popen) -> None:
-    alive, why = worker_health(launched_tags(), HERE, (worker.pid, time.time()))
+def test_a_worker_whose_process_lives_is_alive(worker_process: subprocess.Popen) -> None:
+    alive, why = worker_health(launched_tags(), HERE, (worker_process.pid, time.time()))
     assert alive is True, why
-    assert str(worker.pid) in why
+    assert str(worker_process.pid) in why
 
 
-def test_a_worker_whose_process_was_killed_is_dead(worker: subprocess.Popen) -> None:
-    reported = (worker.pid, time.time())
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
+def test_a_worker_whose_process_was_killed_is_dead(worker_process: subprocess.Popen) -> None:
+    reported = (worker_process.pid, time.time())
+    os.kill(worker_process.pid, signal.SIGKILL)
+    worker_process.wait()
 
     alive, why = worker_health(launched_tags(), HERE, reported)
 
     assert alive is False
-    assert why == f"its worker process {worker.pid} on {HERE.host} is gone (killed, or its code server was)"
+    assert why == f"its worker process {worker_process.pid} on {HERE.host} is gone (killed, or its code server was)"
 
 
-def test_a_pid_taken_by_a_later_process_is_not_the_worker(worker: subprocess.Popen) -> None:
+def test_a_pid_taken_by_a_later_process_is_not_the_worker(worker_process: subprocess.Popen) -> None:
     # The worker reported this pid a minute before the process now holding it started.
-    alive, why = worker_health(launched_tags(), HERE, (worker.pid, time.time() - 60))
+    alive, why = worker_health(launched_tags(), HERE, (worker_process.pid, time.time() - 60))
     assert alive is False
     assert "the pid now belongs to a later process" in why
 
