@@ -181,11 +181,12 @@ def slot_passed(faults: FaultStack, lsn: str) -> bool:
 
 class ChangeWriter(threading.Thread):
     """An operator's load: every second, 100 carts change in the Cart DB (quantity and version), and every
-    fourth second 3 products change price in the Product MongoDB, for `seconds`."""
+    fourth second 3 products change price in the Product MongoDB, until `stop` is set."""
 
-    def __init__(self, faults: FaultStack, carts: list[str], products: list[Any], seconds: float) -> None:
+    def __init__(self, faults: FaultStack, carts: list[str], products: list[Any]) -> None:
         super().__init__(name="change-writer", daemon=True)
-        self.faults, self.carts, self.products, self.seconds = faults, carts, products, seconds
+        self.faults, self.carts, self.products = faults, carts, products
+        self.stop = threading.Event()
         self.last_write_at = 0.0
         self.last_lsn = "0/0"
         self.error: BaseException | None = None
@@ -193,10 +194,9 @@ class ChangeWriter(threading.Thread):
     def run(self) -> None:
         try:
             chance = random.Random(21)
-            end = time.monotonic() + self.seconds
             with self.faults.cart_conn() as conn:
                 for second in range(10_000):
-                    if time.monotonic() >= end:
+                    if self.stop.is_set():
                         break
                     conn.execute(
                         "UPDATE cart SET quantity = quantity %% 9 + 1, version = version + 1 "
@@ -208,7 +208,7 @@ class ChangeWriter(threading.Thread):
                             self.faults.product_db.products.update_one({"_id": doc["_id"]}, {"$inc": {"price": 7}})
                     self.last_write_at = time.monotonic()
                     self.last_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-                    time.sleep(1)
+                    self.stop.wait(1)
         except BaseException as error:  # noqa: BLE001 - handed to the test thread
             self.error = error
 
@@ -230,15 +230,15 @@ def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_
     quiet_before = {key: doc for key, doc in order_docs(faults).items() if key in quiet}
     busy_carts = [c.id for c in carts if c.id not in quiet]
 
-    orchestrator.env["CART_SYNC_BATCH_SIZE"] = "50"  # a keyed run writes in many batches: a crash lands mid-write
+    orchestrator.env["CART_SYNC_BATCH_SIZE"] = "20"  # a keyed run writes in many batches: a crash lands mid-write
     orchestrator.start()
     wait_until("cart_changes_sensor created its slot", lambda: slot_position(faults)[0], RUN_START_S)
     wait_until("product_changes_sensor's first tick", lambda: orchestrator.sensor_ticks(SENSOR) > 0, RUN_START_S)
 
-    writer = ChangeWriter(faults, busy_carts, docs[50:], seconds=45)
+    writer = ChangeWriter(faults, busy_carts, docs[50:])
     writer.start()
     try:
-        writing = wait_for_a_keyed_cart_run_writing(faults, orchestrator, timeout=30)
+        writing = wait_for_a_keyed_cart_run_writing(faults, orchestrator, timeout=RUN_START_S + 30)
     finally:
         assert writer.error is None, writer.error
     orchestrator.crash()
@@ -247,7 +247,9 @@ def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_
     orchestrator.start()
     failed_after = orchestrator.wait_for_status(writing, RUN.FAILURE, timeout=DEAD_RUN_FAILED_WITHIN_S)
     assert "the run's worker died" in run_failure_message(orchestrator.instance, writing)
-    writer.join(timeout=120)
+    time.sleep(15)  # the changes go on under the new daemon for a while
+    writer.stop.set()
+    writer.join(timeout=30)
     assert writer.error is None, writer.error
     assert writer.last_write_at > crashed_at, "the changes went on during the crash and after it"
 
