@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from etl_defs.products.table import ProductRow
+from etl_defs.products.table import SELECT_PRODUCTS_SQL, ProductRow
 from etl_defs.run_launcher import worker_pid
 from etl_defs.tags import CART_CHANGES_TRIGGER, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
 from tests.factories import Cart, expected_doc, expected_row, new_cart, product_doc
@@ -38,10 +38,7 @@ RUN = dg.DagsterRunStatus
 
 def product_rows(faults: FaultStack) -> dict[str, tuple]:
     with faults.cart_conn() as conn:
-        return {
-            row[0]: tuple(row)
-            for row in conn.execute('SELECT id, title, price, image, "sellerId", quantity FROM product')
-        }
+        return {row[0]: tuple(row) for row in conn.execute(SELECT_PRODUCTS_SQL)}
 
 
 def expected_products(faults: FaultStack) -> dict[str, tuple]:
