@@ -6,7 +6,12 @@ Product MongoDB, the Cart PostgreSQL, the Order MongoDB) and the key's prefix sa
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
+from croniter import croniter
+
+from etl_defs.settings import SyncSettings
 
 OWNERS = ["team:data-platform"]
 
@@ -53,4 +58,40 @@ order_db_carts = dg.AssetSpec(
     kinds={"mongodb"},
 )
 
-DATABASE_ASSETS = [product_db_products, cart_db_product, cart_db_cart, order_db_carts]
+#: A target table is overdue when its last sync is older than this many of its schedule's intervals.
+FRESHNESS_INTERVALS = 2
+#: What is looked at for a schedule's longest interval: a week and a day of ticks (a weekday-only cron's
+#: longest is its weekend), or this many ticks of a frequent one, whichever ends first.
+_CRON_SAMPLE_SPAN = timedelta(days=8)
+_CRON_SAMPLE_TICKS = 500
+
+
+def longest_cron_interval(cron: str) -> timedelta:
+    """The longest time between two consecutive ticks of `cron` (over its next ticks from a fixed date)."""
+    ticks = croniter(cron, datetime(2026, 1, 1, tzinfo=UTC))
+    first = previous = ticks.get_next(datetime)
+    longest = timedelta(0)
+    for _ in range(_CRON_SAMPLE_TICKS):
+        following = ticks.get_next(datetime)
+        longest = max(longest, following - previous)
+        previous = following
+        if previous - first > _CRON_SAMPLE_SPAN:
+            break
+    return longest
+
+
+def freshness_window(cron: str) -> timedelta:
+    """How old a target table's last sync may be: FRESHNESS_INTERVALS of its schedule's longest interval."""
+    return FRESHNESS_INTERVALS * longest_cron_interval(cron)
+
+
+def build_database_assets(settings: SyncSettings) -> list[dg.AssetSpec]:
+    """The four tables; each target carries a freshness policy derived from its sync's schedule."""
+    product_window = freshness_window(settings.sync_cron_schedule)
+    cart_window = freshness_window(settings.cart_sync_cron_schedule)
+    return [
+        product_db_products,
+        cart_db_product.replace_attributes(freshness_policy=dg.FreshnessPolicy.time_window(fail_window=product_window)),
+        cart_db_cart,
+        order_db_carts.replace_attributes(freshness_policy=dg.FreshnessPolicy.time_window(fail_window=cart_window)),
+    ]

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import dagster as dg
 
-from etl_defs.assets import DATABASE_ASSETS
+from etl_defs.alerts import build_alerts_sensor
+from etl_defs.assets import build_database_assets
 from etl_defs.checks import build_asset_checks, validation_job
 from etl_defs.jobs import build_cart_sync_job, build_full_sync_job, build_product_sync_job
 from etl_defs.schedules import build_schedules
 from etl_defs.sensors import build_sensors
 from etl_defs.settings import SyncSettings, load_settings
 from resources import MongoResource, PostgresResource
+from resources.webhook import AlertWebhook
 
 
 def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource]:
-    """The three databases, with URLs and secrets bound by variable name, never by value."""
+    """The three databases (and the alert webhook, when set), with URLs and secrets bound by variable name,
+    never by value."""
     mongo_options = {
         "username": dg.EnvVar("MONGO_USER") if settings.mongo_user else None,
         "password": dg.EnvVar("MONGO_PASSWORD") if settings.mongo_password else None,
         "fetch_size": settings.mongodb_fetch_size,
         "socket_timeout_ms": settings.mongodb_socket_timeout_ms,
     }
-    return {
+    resources: dict[str, dg.ConfigurableResource] = {
         "product_db": MongoResource(
             url=dg.EnvVar("PRODUCT_SERVICE_MONGODB_URL"), label="Product MongoDB", **mongo_options
         ),
@@ -33,17 +36,23 @@ def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource
             replication_slot=settings.cart_cdc_slot,
         ),
     }
+    if settings.alert_webhook_url:
+        resources["alert_webhook"] = AlertWebhook(url=dg.EnvVar("ALERT_WEBHOOK_URL"))
+    return resources
 
 
 def build_definitions(settings: SyncSettings) -> dg.Definitions:
     """The code location's definitions for validated `settings`."""
     sync_jobs = [build_product_sync_job(settings), build_cart_sync_job(settings), build_full_sync_job(settings)]
+    sensors = build_sensors(settings, sync_jobs[0], sync_jobs[1])
+    if settings.alert_webhook_url:
+        sensors.append(build_alerts_sensor(settings, sync_jobs, [sensor.name for sensor in sensors]))
     return dg.Definitions(
-        assets=DATABASE_ASSETS,
+        assets=build_database_assets(settings),
         asset_checks=build_asset_checks(settings),
         jobs=[*sync_jobs, validation_job],
         schedules=build_schedules(settings, *sync_jobs),
-        sensors=build_sensors(settings, sync_jobs[0], sync_jobs[1]),
+        sensors=sensors,
         resources=build_resources(settings),
     )
 

@@ -33,6 +33,8 @@ MAX_CDC_INTERVAL_S = 3600
 #: How long a whole-table sync may run before run monitoring fails it (`dagster/max_runtime`): the
 #: slowest measured rate (the cart sync, 1M rows in 259 s here) covers about 50M rows in 4 hours.
 DEFAULT_SYNC_MAX_RUNTIME_S = 4 * 3600
+#: Change capture is alerted when a change waits longer than this for its repair (CDC_MAX_LAG_SECONDS).
+DEFAULT_CDC_MAX_LAG_S = 600
 
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
@@ -67,6 +69,13 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> str:
             raise ValueError(f"is not a {what} URL (bad port)")
     if what == "MongoDB" and not parts.path.strip("/"):
         raise ValueError("names no database (put it in the path, e.g. mongodb://host:27017/product)")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("is not an http(s) URL with a host")
     return value
 
 
@@ -116,6 +125,15 @@ class SyncSettings(BaseModel):
     sync_max_runtime_seconds: int = Field(
         default=DEFAULT_SYNC_MAX_RUNTIME_S, alias="SYNC_MAX_RUNTIME_SECONDS", ge=60, le=7 * 24 * 3600
     )
+    # Alerts: a secret (a Slack webhook's path is its key); alerting is on whenever it is set.
+    alert_webhook_url: str | None = Field(default=None, alias="ALERT_WEBHOOK_URL")
+    # Where the UI is, for the links in alerts (none when unset).
+    dagster_ui_url: str | None = Field(default=None, alias="DAGSTER_UI_URL")
+    cdc_max_lag_seconds: int = Field(
+        default=DEFAULT_CDC_MAX_LAG_S, alias="CDC_MAX_LAG_SECONDS", ge=10, le=7 * 24 * 3600
+    )
+    # Health pings of a database, or ticks of a change sensor, that fail in a row before an alert.
+    alert_after_consecutive_failures: int = Field(default=3, alias="ALERT_AFTER_CONSECUTIVE_FAILURES", ge=1, le=100)
 
     @field_validator("product_mongodb_url", "order_mongodb_url")
     @classmethod
@@ -126,6 +144,11 @@ class SyncSettings(BaseModel):
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value, POSTGRES_SCHEMES, "PostgreSQL")
+
+    @field_validator("alert_webhook_url", "dagster_ui_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
 
     @field_validator("sync_cron_schedule", "cart_sync_cron_schedule", "health_check_cron_schedule")
     @classmethod
@@ -170,7 +193,7 @@ class SyncSettings(BaseModel):
         return "CART_DB_WRITE_URL" if self.cart_db_write_url else "CART_DB_URL"
 
 
-_SECRET_VARS = {"MONGO_PASSWORD"}
+_SECRET_VARS = {"MONGO_PASSWORD", "ALERT_WEBHOOK_URL"}
 _URL_VARS = {
     "PRODUCT_SERVICE_MONGODB_URL",
     "ORDER_SERVICE_MONGODB_URL",

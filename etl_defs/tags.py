@@ -12,6 +12,11 @@ TRIGGER_TAG = "etl-sync/trigger"
 PRODUCT_CHANGES_TRIGGER = "product_changes"
 CART_CHANGES_TRIGGER = "cart_changes"
 KEYED_REPAIR_TRIGGERS = (PRODUCT_CHANGES_TRIGGER, CART_CHANGES_TRIGGER)
+#: TRIGGER_TAG of the cart sync that applies a span of the slot too large for keys, whole-table.
+CART_CHANGES_FULL_TRIGGER = "cart_changes_full"
+#: TRIGGER_TAG of the full syncs a change sensor requests when its changes are gone (history or slot lost).
+PRODUCT_HISTORY_LOST_TRIGGER = "product_change_history_lost"
+CART_SLOT_LOST_TRIGGER = "cart_slot_lost"
 #: On a validation run: the sync run and job whose writes it validates.
 VALIDATES_RUN_TAG = "etl-sync/validates-run"
 VALIDATES_JOB_TAG = "etl-sync/validates-job"

@@ -6,7 +6,10 @@ Import `tests.session` first (it is imported here), so the environment is the se
 
 from __future__ import annotations
 
+import http.server
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +40,7 @@ __all__ = [
     "EmptyWorkspaceTarget",
     "LoadableTargetOrigin",
     "MongoCommand",
+    "WebhookReceiver",
     "WorkspaceProcessContext",
     "copy_carts",
     "copy_products",
@@ -135,3 +139,47 @@ def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
     event = record.event_log_entry.dagster_event
     assert event is not None and event.message is not None
     return event.message
+
+
+class WebhookReceiver:
+    """An HTTP server on loopback that takes alert POSTs as a Slack-style webhook does; it answers the first
+    `fail_first` of them with HTTP 500 (a webhook having a bad moment), then 200."""
+
+    #: The part of its URL that is a secret, as a Slack webhook's path is: no alert may carry it.
+    SECRET_PATH = "/services/T0ETLSYNC/B0ALERTS/hook-Secret-9b1e77"
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.attempts += 1
+                ok = self.path == receiver.SECRET_PATH and receiver.attempts > receiver.fail_first
+                if ok:
+                    receiver.bodies.append(json.loads(data))
+                self.send_response(200 if ok else 500)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{self.SECRET_PATH}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def alerts(self, incident: str, status: str = "firing") -> list[dict[str, Any]]:
+        return [body for body in self.bodies if body["incident"] == incident and body["status"] == status]
+
+    def wait_for(self, incident: str, status: str = "firing", timeout: float = 120) -> dict[str, Any]:
+        """The first alert of `incident` with `status`, once it arrived."""
+        wait_until(f"a {status} alert of {incident}", lambda: bool(self.alerts(incident, status)), timeout, 0.5)
+        return self.alerts(incident, status)[0]

@@ -13,15 +13,23 @@ from etl_defs.carts.changes import parse_changes
 from etl_defs.carts.endpoints import carts_holding
 from etl_defs.schedules import IN_FLIGHT_STATUSES
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import CART_CHANGES_TRIGGER, OLDEST_CHANGE_TAG, TRIGGER_TAG, run_key, sensor_run_tags
+from etl_defs.tags import (
+    CART_CHANGES_FULL_TRIGGER,
+    CART_CHANGES_TRIGGER,
+    CART_SLOT_LOST_TRIGGER,
+    OLDEST_CHANGE_TAG,
+    TRIGGER_TAG,
+    run_key,
+    sensor_run_tags,
+)
 from resources import DatabaseUnavailableError, PostgresResource, ReplicationSlotLostError
 from resources.postgres import SlotState
 
 SENSOR_NAME = "cart_changes_sensor"
 #: TRIGGER_TAG of the full syncs it requests: for changes it cannot key (a truncate, too many carts), or
 #: after the slot was lost.
-CHANGES_FULL_TRIGGER = "cart_changes_full"
-SLOT_LOST_TRIGGER = "cart_slot_lost"
+CHANGES_FULL_TRIGGER = CART_CHANGES_FULL_TRIGGER
+SLOT_LOST_TRIGGER = CART_SLOT_LOST_TRIGGER
 #: The runs of this sensor that consume the slot: one at a time.
 SLOT_CONSUMERS = (CART_CHANGES_TRIGGER, CHANGES_FULL_TRIGGER)
 #: The most cart ids one keyed run takes; past it, the tick requests a full sync instead.

@@ -24,13 +24,20 @@ from etl_defs.products.changes import (
     token_text,
 )
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG, run_key, sensor_run_tags
+from etl_defs.tags import (
+    OLDEST_CHANGE_TAG,
+    PRODUCT_CHANGES_TRIGGER,
+    PRODUCT_HISTORY_LOST_TRIGGER,
+    TRIGGER_TAG,
+    run_key,
+    sensor_run_tags,
+)
 from resources import DatabaseUnavailableError, MongoResource
 
 SENSOR_NAME = "product_changes_sensor"
 #: TRIGGER_TAG of the runs it requests: keyed repairs, and the full sync after history was lost.
 CHANGES_TRIGGER = PRODUCT_CHANGES_TRIGGER
-HISTORY_LOST_TRIGGER = "product_change_history_lost"
+HISTORY_LOST_TRIGGER = PRODUCT_HISTORY_LOST_TRIGGER
 #: The most product ids one tick puts in its run (the run config takes at most MAX_SYNC_KEYS).
 MAX_KEYS_PER_RUN = 5000
 #: The longest a tick reads the stream (Dagster stops a sensor evaluation after 60 s).

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 
 from local.stack import LocalStack, free_port
 from tests.faults.helpers import FaultStack, JobInThread, Orchestrator, StartJob
-from tests.helpers import settings
+from tests.helpers import WebhookReceiver, settings
 from tests.session import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD, REPO
 
 
@@ -97,26 +98,22 @@ def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 _NEVER = "0 0 29 2 *"
 
 
-@pytest.fixture()
-def orchestrator(faults: FaultStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orchestrator]:
-    """A daemon host for one test: DAGSTER_HOME with the repo's dagster.yaml (run monitoring, run retries, the
-    queue's limits), an instance database of its own on the fault stack's PostgreSQL, and the change sensors
-    running every 5 s. The daemon is not started yet."""
+@contextmanager
+def daemon_host(
+    faults: FaultStack, instance_server: LocalStack, home: Path, monkeypatch: pytest.MonkeyPatch, **variables: str
+) -> Iterator[Orchestrator]:
+    """An Orchestrator with DAGSTER_HOME at `home` (the repo's dagster.yaml: run monitoring, run retries, the
+    queue's limits), an instance database of its own on `instance_server`'s PostgreSQL, and `variables` set.
+    The daemon is not started yet."""
     database = f"dagster_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(faults.main.pg_url("postgres"), autocommit=True) as conn:
+    with psycopg.connect(instance_server.pg_url("postgres"), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {database}")
-    home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     variables = {
         "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": faults.main.pg_url(database, scheme="postgresql+psycopg2"),
-        "ENABLE_SCHEDULER": "true",  # the change sensors start with the daemon, as in production
-        "SYNC_CRON_SCHEDULE": _NEVER,
-        "CART_SYNC_CRON_SCHEDULE": _NEVER,
-        "HEALTH_CHECK_CRON_SCHEDULE": _NEVER,
-        "PRODUCT_CDC_INTERVAL_SECONDS": "5",
-        "CART_CDC_INTERVAL_SECONDS": "5",
+        "DAGSTER_PG_URL": instance_server.pg_url(database, scheme="postgresql+psycopg2"),
+        **variables,
     }
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
@@ -127,10 +124,61 @@ def orchestrator(faults: FaultStack, tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         orchestrator.stop()
         instance.dispose()
+        faults.ensure_up()
         with faults.cart_conn() as conn:
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
                 (settings.cart_cdc_slot,),
             )
-        with psycopg.connect(faults.main.pg_url("postgres"), autocommit=True) as conn:
+        with psycopg.connect(instance_server.pg_url("postgres"), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+@pytest.fixture()
+def orchestrator(faults: FaultStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orchestrator]:
+    """A daemon host for one test, its instance on the fault stack's PostgreSQL, with the change sensors
+    running every 5 s, as in production."""
+    with daemon_host(
+        faults,
+        faults.main,
+        tmp_path / "dagster_home",
+        monkeypatch,
+        ENABLE_SCHEDULER="true",  # the change sensors start with the daemon, as in production
+        SYNC_CRON_SCHEDULE=_NEVER,
+        CART_SYNC_CRON_SCHEDULE=_NEVER,
+        HEALTH_CHECK_CRON_SCHEDULE=_NEVER,
+        PRODUCT_CDC_INTERVAL_SECONDS="5",
+        CART_CDC_INTERVAL_SECONDS="5",
+    ) as host:
+        yield host
+
+
+@pytest.fixture()
+def webhook() -> Iterator[WebhookReceiver]:
+    """The alert webhook, on loopback; its first answer is an HTTP 500."""
+    receiver = WebhookReceiver(fail_first=1)
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture()
+def alerting_orchestrator(
+    faults: FaultStack, stack: LocalStack, webhook: WebhookReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Orchestrator]:
+    """A daemon host whose alerts go to `webhook`, its instance on the session stack's PostgreSQL (so that the
+    fault stack's, the Cart DB, can be stopped). Schedules off; the product sync's cron every minute, so that
+    cart_db/product is overdue 2 minutes after its last sync."""
+    with daemon_host(
+        faults,
+        stack,
+        tmp_path / "dagster_home",
+        monkeypatch,
+        ALERT_WEBHOOK_URL=webhook.url,
+        DAGSTER_UI_URL="http://dagster-admin.example.internal",
+        ENABLE_SCHEDULER="false",
+        SYNC_CRON_SCHEDULE="* * * * *",
+        CART_SYNC_CRON_SCHEDULE="0 * * * *",
+        CART_CDC_INTERVAL_SECONDS="5",
+        FRESHNESS_DAEMON_INTERVAL_SECONDS="5",
+    ) as host:
+        yield host

@@ -279,3 +279,14 @@ class Orchestrator:
                 ticks = self.instance.get_ticks(state.instigator_origin_id, state.selector_id)
                 return len([tick for tick in ticks if tick.status.value != "STARTED"])
         return 0
+
+    def start_sensor(self, name: str) -> None:
+        """`dagster sensor start`, as an operator turns a sensor on from a terminal."""
+        args = [DAGSTER, "sensor", "start", "-w", "workspace.yaml", name]
+        done = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def execute(self, job: str) -> subprocess.CompletedProcess:
+        """`dagster job execute`, as an operator runs a sync in a terminal (in-process: no queue, no daemon)."""
+        args = [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", job]
+        return subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,140 @@
+"""Nothing fails silently: the real daemon, a real webhook receiver on loopback, the Cart PostgreSQL stopped.
+
+One scenario, in the order an operator's night goes: syncs fail while the Cart DB is down
+(one launched through the queue and retried by Dagster, one run in a terminal); the Cart DB
+comes back and the syncs heal; a drift check fails and heals; the cart change capture loses
+its replication slot; a table goes past its freshness. Each incident is alerted once, and
+once more when resolved, however many ticks pass; no alert carries a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import dagster as dg
+import pytest
+
+from etl_defs.alerts import ALERTS_SENSOR_TICK_S
+from etl_defs.tags import CART_SLOT_LOST_TRIGGER, TRIGGER_TAG
+from local.stack import MAX_SLOT_WAL_KEEP_SIZE
+from tests.factories import product_doc
+from tests.faults.helpers import FaultStack, Orchestrator
+from tests.helpers import WebhookReceiver, settings, wait_until
+from tests.session import TEST_SECRETS
+
+pytestmark = pytest.mark.faults
+
+RUN = dg.DagsterRunStatus
+#: A run's start on a busy two-core machine, the step's three retries (2 + 4 + 8 s), a tick and a delivery.
+ALERTED_WITHIN_S = 120
+
+
+def lose_the_slot(faults: FaultStack) -> None:
+    """WAL past max_slot_wal_keep_size, then a checkpoint: the slot's WAL is removed (wal_status = lost)."""
+    with faults.cart_conn() as conn:
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            for _ in range(4):
+                conn.execute("UPDATE product SET quantity = quantity")
+                conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+            status = conn.execute(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (settings.cart_cdc_slot,)
+            ).fetchone()
+            assert status == ("lost",), status
+        finally:
+            conn.execute(f"ALTER SYSTEM SET max_slot_wal_keep_size = '{MAX_SLOT_WAL_KEEP_SIZE}'")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def test_each_incident_is_alerted_once_and_resolved_once(
+    faults: FaultStack, alerting_orchestrator: Orchestrator, webhook: WebhookReceiver
+) -> None:
+    daemon = alerting_orchestrator
+    daemon.start()
+    wait_until("alerts_sensor's first tick", lambda: daemon.sensor_ticks("alerts_sensor") > 0, 120, 0.5)
+
+    # 1. The Cart DB is down: a sync launched through the queue, and one run in a terminal, both fail.
+    faults.main.stop_postgres()
+    launched = daemon.launch("product_sync_job")
+    executed: dict[str, object] = {}
+    terminal = threading.Thread(target=lambda: executed.update(done=daemon.execute("cart_sync_job")))
+    terminal.start()
+    product_failed = webhook.wait_for("sync_failed:product_sync_job", timeout=ALERTED_WITHIN_S)
+    terminal.join(timeout=300)
+    assert executed["done"].returncode != 0
+    cart_failed = webhook.wait_for("sync_failed:cart_sync_job", timeout=ALERTED_WITHIN_S)
+    assert webhook.attempts > len(webhook.bodies), "the webhook's HTTP 500 was retried"
+    for alert, job in ((product_failed, "product_sync_job"), (cart_failed, "cart_sync_job")):
+        assert alert["job"] == job and alert["severity"] == "error" and alert["kind"] == "sync_failed"
+        assert job in alert["text"] and "Cart PostgreSQL" in alert["text"], alert["text"]
+        assert alert["link"] == f"http://dagster-admin.example.internal/runs/{alert['run_id']}"
+    assert product_failed["run_id"] == launched
+    daemon.wait_until_every_run_ended(timeout=300)  # Dagster's run retries took the launched run twice more
+    assert len(daemon.runs("product_sync_job")) == 3
+
+    # 2. The Cart DB is back: the next syncs succeed and resolve both incidents.
+    faults.main.start_postgres()
+    faults.product_db.products.insert_many([product_doc() for _ in range(3)])
+    validation = daemon.launch("validation_job")
+    check_failed = webhook.wait_for("check_failed:cart_db/product:no_missing_products", timeout=ALERTED_WITHIN_S)
+    assert check_failed["check"] == "no_missing_products" and check_failed["asset"] == "cart_db/product"
+    assert check_failed["count"] == "3" and "3 products are in the Product MongoDB" in check_failed["text"]
+    assert check_failed["run_id"] == validation
+    synced = daemon.launch("product_sync_job")
+    assert daemon.execute("cart_sync_job").returncode == 0
+    assert webhook.wait_for("sync_failed:product_sync_job", "resolved")["run_id"] == synced
+    webhook.wait_for("sync_failed:cart_sync_job", "resolved")
+    # validate_after_sync_sensor validates the sync's writes: the check passes again.
+    webhook.wait_for("check_failed:cart_db/product:no_missing_products", "resolved", timeout=ALERTED_WITHIN_S)
+
+    # 3. Cart change capture loses its slot: the full sync it requests is alerted, and resolves it.
+    daemon.start_sensor("cart_changes_sensor")
+    with faults.cart_conn() as conn:
+        wait_until(
+            "cart_changes_sensor created its slot",
+            lambda: (
+                conn.execute(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (settings.cart_cdc_slot,)
+                ).fetchone()
+                is not None
+            ),
+            120,
+            0.5,
+        )
+    lose_the_slot(faults)
+    lost = webhook.wait_for("changes_lost:cart_sync_job", timeout=ALERTED_WITHIN_S)
+    [full] = daemon.runs("cart_sync_job", **{TRIGGER_TAG: CART_SLOT_LOST_TRIGGER})
+    assert lost["run_id"] == full.run_id and "replication slot was lost" in lost["text"]
+    assert webhook.wait_for("changes_lost:cart_sync_job", "resolved")["run_id"] == full.run_id
+
+    # 4. Nothing syncs the products for 2 minutes (twice SYNC_CRON_SCHEDULE's minute): cart_db/product is overdue.
+    overdue = webhook.wait_for("table_overdue:cart_db/product", timeout=120 + 60 + ALERTS_SENSOR_TICK_S)
+    freshness = daemon.instance.get_freshness_state_records([dg.AssetKey(["cart_db", "product"])])
+    assert freshness[dg.AssetKey(["cart_db", "product"])].freshness_state.value == "FAIL"
+    assert "cart_db/product was not synced within 0:02:00" in overdue["text"]
+    daemon.launch("product_sync_job")
+    webhook.wait_for("table_overdue:cart_db/product", "resolved", timeout=60 + ALERTS_SENSOR_TICK_S)
+
+    # Once per incident and status, over all the ticks of the scenario; no secret in any body.
+    ticks = daemon.sensor_ticks("alerts_sensor")
+    assert ticks >= 10, ticks
+    seen = [(body["incident"], body["status"]) for body in webhook.bodies]
+    assert len(seen) == len(set(seen)), seen
+    assert set(seen) == {
+        (incident, status)
+        for incident in (
+            "sync_failed:product_sync_job",
+            "sync_failed:cart_sync_job",
+            "check_failed:cart_db/product:no_missing_products",
+            "changes_lost:cart_sync_job",
+            "table_overdue:cart_db/product",
+        )
+        for status in ("firing", "resolved")
+    }, seen
+    everything = json.dumps(webhook.bodies)
+    for secret in (*TEST_SECRETS, WebhookReceiver.SECRET_PATH, "hook-Secret"):
+        assert secret not in everything
+    print("\nalerts received, in order:\n" + "\n".join(json.dumps(body, sort_keys=True) for body in webhook.bodies))
