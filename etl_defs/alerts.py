@@ -8,6 +8,7 @@ or a table past its freshness policy. Why a sensor of our own: README, "Alerts".
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -124,9 +125,14 @@ def alert_body(finding: Finding, ui_url: str | None, at: str) -> dict[str, Any]:
     }
 
 
+#: The exception's qualified name before an error's message (`dagster._core.definitions.events.Failure: `).
+_EXCEPTION_PREFIX = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failure): ")
+
+
 def _first_line(text: str | None) -> str:
+    """The first line of an error's message, without its exception's name, passwords masked."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return mask_secrets(lines[0][:300]) if lines else ""
+    return mask_secrets(_EXCEPTION_PREFIX.sub("", lines[0])[:300]) if lines else ""
 
 
 def failure_line(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> str:
@@ -135,6 +141,8 @@ def failure_line(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> str
     if steps:
         event = steps[0].event_log_entry.dagster_event
         error = event.step_failure_data.error if event is not None else None
+        while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
+            error = error.cause  # Dagster's wrapper ("Error occurred while executing op"): the op's own error
         if error is not None and _first_line(error.message):
             return _first_line(error.message)
     event = record.event_log_entry.dagster_event
@@ -146,15 +154,20 @@ def run_findings(instance: dg.DagsterInstance, sync_jobs: Sequence[str], after: 
     """Sync runs that failed or succeeded, and full syncs requested because changes were lost, since storage id
     `after`, in the order they happened; and the newest storage id read."""
     records: list[dg.EventLogRecord] = []
+    read_up_to: int | None = None  # a page that came back full ends where the others must end too
     for event_type in RUN_EVENTS:
-        records += instance.fetch_run_status_changes(
+        page = instance.fetch_run_status_changes(
             dg.RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after),
             limit=_EVENTS_PER_TICK,
             ascending=True,
         ).records
+        records += page
+        if len(page) == _EVENTS_PER_TICK:
+            read_up_to = min(read_up_to or page[-1].storage_id, page[-1].storage_id)
+    if read_up_to is not None:
+        records = [record for record in records if record.storage_id <= read_up_to]
+    newest = max((record.storage_id for record in records), default=after)
     records = sorted((r for r in records if r.event_log_entry.job_name in sync_jobs), key=lambda r: r.storage_id)
-    records = records[:_EVENTS_PER_TICK]
-    newest = max((r.storage_id for r in records), default=after)
     run_ids = list({record.run_id for record in records})
     runs = {run.run_id: run for run in instance.get_runs(dg.RunsFilter(run_ids=run_ids))} if run_ids else {}
     findings: list[Finding] = []
@@ -325,7 +338,7 @@ def freshness_findings(instance: dg.DagsterInstance, windows: dict[dg.AssetKey, 
             f"table_overdue:{table}",
             "table_overdue",
             state == "FAIL",
-            f"{table} was not synced within {window} (its freshness policy)"
+            f"{table} is overdue: not synced within {window}, its freshness policy"
             if state == "FAIL"
             else f"{table} is fresh again",
             fields={"asset": table},
@@ -356,7 +369,9 @@ def build_alerts_sensor(
         CART_DB_PRODUCT: (settings.sync_cron_schedule, "SYNC_CRON_SCHEDULE"),
         ORDER_DB_CARTS: (settings.cart_sync_cron_schedule, "CART_SYNC_CRON_SCHEDULE"),
     }
-    window_text = {asset: f"{freshness_window(cron)} ({name} '{cron}')" for asset, (cron, name) in windows.items()}
+    window_text = {
+        asset: f"{freshness_window(cron)} (twice {name} '{cron}')" for asset, (cron, name) in windows.items()
+    }
 
     @dg.sensor(
         name=SENSOR_NAME,

@@ -72,8 +72,12 @@ def test_each_incident_is_alerted_once_and_resolved_once(
         assert job in alert["text"] and "Cart PostgreSQL" in alert["text"], alert["text"]
         assert alert["link"] == f"http://dagster-admin.example.internal/runs/{alert['run_id']}"
     assert product_failed["run_id"] == launched
-    daemon.wait_until_every_run_ended(timeout=300)  # Dagster's run retries took the launched run twice more
-    assert len(daemon.runs("product_sync_job")) == 3
+    wait_until(  # Dagster's run retries take the launched run twice more: the same incident, no new alert
+        "the launched run and its two retries failed",
+        lambda: [run.status for run in daemon.runs("product_sync_job")] == [RUN.FAILURE] * 3,
+        300,
+        0.5,
+    )
 
     # 2. The Cart DB is back: the next syncs succeed and resolve both incidents.
     faults.main.start_postgres()
@@ -114,7 +118,7 @@ def test_each_incident_is_alerted_once_and_resolved_once(
     overdue = webhook.wait_for("table_overdue:cart_db/product", timeout=120 + 60 + ALERTS_SENSOR_TICK_S)
     freshness = daemon.instance.get_freshness_state_records([dg.AssetKey(["cart_db", "product"])])
     assert freshness[dg.AssetKey(["cart_db", "product"])].freshness_state.value == "FAIL"
-    assert "cart_db/product was not synced within 0:02:00" in overdue["text"]
+    assert "cart_db/product is overdue: not synced within 0:02:00 (twice SYNC_CRON_SCHEDULE" in overdue["text"]
     daemon.launch("product_sync_job")
     webhook.wait_for("table_overdue:cart_db/product", "resolved", timeout=60 + ALERTS_SENSOR_TICK_S)
 

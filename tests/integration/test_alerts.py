@@ -1,6 +1,7 @@
 """alerts_sensor on a real instance, evaluated through `build_sensor_context`, delivering to a real HTTP
-receiver on loopback: change capture's lag from the runs it holds, and a database down on consecutive
-health pings (the real health sensor pinging a PostgreSQL port nobody listens on)."""
+receiver on loopback: a sync run that failed and the next that succeeded, change capture's lag from the
+runs it holds, and a database down on consecutive health pings (the real health sensor pinging a
+PostgreSQL port nobody listens on). The daemon's view of all this: tests/faults/test_alerts.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from etl_defs.definitions import build_definitions
 from etl_defs.settings import load_settings
 from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
 from local.stack import free_port
+from tests.factories import product_doc
 from tests.helpers import WebhookReceiver
+from tests.integration.helpers import sync_lock_held_elsewhere
 from tests.session import Databases
 
 RUN = dg.DagsterRunStatus
@@ -53,6 +56,33 @@ def keyed_run(defs: dg.Definitions, instance: dg.DagsterInstance, oldest: dateti
         tags={TRIGGER_TAG: PRODUCT_CHANGES_TRIGGER, OLDEST_CHANGE_TAG: oldest.isoformat()},
         status=status,
     )
+
+
+def test_a_failed_sync_is_alerted_once_with_its_reason_and_resolved_by_the_next_success(
+    dbs: Databases, instance: dg.DagsterInstance, alerting: dg.Definitions, receiver: WebhookReceiver
+) -> None:
+    dbs.product_db.products.insert_many([product_doc() for _ in range(3)])
+    job = alerting.resolve_job_def("product_sync_job")
+    cursor = tick(alerting, instance, "alerts_sensor", None).cursor
+    with sync_lock_held_elsewhere(dbs, "products"):
+        failed = [job.execute_in_process(instance=instance, raise_on_error=False) for _ in range(2)]
+    assert not any(result.success for result in failed)
+    for _ in range(2):
+        cursor = tick(alerting, instance, "alerts_sensor", cursor).cursor
+
+    [alert] = receiver.bodies
+    assert (alert["incident"], alert["job"], alert["run_id"]) == (
+        "sync_failed:product_sync_job",
+        "product_sync_job",
+        failed[0].run_id,
+    )
+    assert "another run holds the 'products' sync lock" in alert["text"], alert["text"]
+
+    healed = job.execute_in_process(instance=instance)
+    tick(alerting, instance, "alerts_sensor", cursor)
+    [_, resolved] = receiver.bodies
+    assert (resolved["status"], resolved["run_id"]) == ("resolved", healed.run_id)
+    assert f"product_sync_job run {healed.run_id[:8]} succeeded" in resolved["text"]
 
 
 def test_change_capture_behind_by_more_than_cdc_max_lag_is_alerted_once_until_a_repair_succeeds(

@@ -33,6 +33,7 @@ SECRET_VARIABLES = (
     "CART_DB_WRITE_URL",
     "MONGO_USER",
     "MONGO_PASSWORD",
+    "ALERT_WEBHOOK_URL",
 )
 EXPECTED_INLINE_ENV = {
     "SYNC_CRON_SCHEDULE": "*/30 * * * *",
@@ -45,6 +46,7 @@ EXPECTED_INLINE_ENV = {
     "SYNC_EXECUTOR": "k8s",
     "SYNC_RANGE_STEP_CPU": "1",
     "SYNC_RANGE_STEP_MEMORY": "1Gi",
+    "DAGSTER_UI_URL": "https://dagster-admin.example.internal",
 }
 PIPELINE_TAG = "etl-sync/pipeline"
 # scheme://user:password@host: credentials written into a URL.
