@@ -314,12 +314,15 @@ def sensor_findings(instance: dg.DagsterInstance, sensors: Sequence[str], failur
         if ticks[0].status.value != "FAILURE":
             yield Finding(f"sensor_failing:{name}", "sensor_failing", False, f"{name} ticks again")
         elif len(failed) == len(ticks) >= failures:
-            error = ticks[0].error.message if ticks[0].error is not None else ""
+            error = ticks[0].error
+            while error is not None and error.cause is not None:  # Dagster's wrappers: the sensor's own error
+                error = error.cause
+            message = error.message if error is not None else ""
             yield Finding(
                 f"sensor_failing:{name}",
                 "sensor_failing",
                 True,
-                f"{name} failed on its last {failures} ticks: {_first_line(error)}",
+                f"{name} failed on its last {failures} ticks: {_first_line(message)}",
                 fields={"sensor": name},
                 link="/automation",
             )
