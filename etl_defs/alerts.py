@@ -125,14 +125,17 @@ def alert_body(finding: Finding, ui_url: str | None, at: str) -> dict[str, Any]:
     }
 
 
-#: The exception's qualified name before an error's message (`dagster._core.definitions.events.Failure: `).
-_EXCEPTION_PREFIX = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failure): ")
+#: The module before an error's exception name (`psycopg.errors.` of `psycopg.errors.UndefinedTable: ...`).
+_EXCEPTION_MODULE = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )")
 
 
-def _first_line(text: str | None) -> str:
-    """The first line of an error's message, without its exception's name, passwords masked."""
+def error_line(text: str | None) -> str:
+    """The first line of an error's message, passwords masked: without its exception's module, and without
+    `Failure: ` (Dagster's `dg.Failure`, whose message the op wrote for people)."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return mask_secrets(_EXCEPTION_PREFIX.sub("", lines[0])[:300]) if lines else ""
+    if not lines:
+        return ""
+    return mask_secrets(_EXCEPTION_MODULE.sub("", lines[0]).removeprefix("Failure: ")[:300])
 
 
 def failure_line(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> str:
@@ -143,11 +146,11 @@ def failure_line(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> str
         error = event.step_failure_data.error if event is not None else None
         while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
             error = error.cause  # Dagster's wrapper ("Error occurred while executing op"): the op's own error
-        if error is not None and _first_line(error.message):
-            return _first_line(error.message)
+        if error is not None and error_line(error.message):
+            return error_line(error.message)
     event = record.event_log_entry.dagster_event
     error = getattr(event.event_specific_data, "error", None) if event is not None else None
-    return _first_line(error.message if error is not None else None) or _first_line(record.event_log_entry.message)
+    return error_line(error.message if error is not None else None) or error_line(record.event_log_entry.message)
 
 
 def run_findings(instance: dg.DagsterInstance, sync_jobs: Sequence[str], after: int) -> tuple[list[Finding], int]:
@@ -322,7 +325,7 @@ def sensor_findings(instance: dg.DagsterInstance, sensors: Sequence[str], failur
                 f"sensor_failing:{name}",
                 "sensor_failing",
                 True,
-                f"{name} failed on its last {failures} ticks: {_first_line(message)}",
+                f"{name} failed on its last {failures} ticks: {error_line(message)}",
                 fields={"sensor": name},
                 link="/automation",
             )

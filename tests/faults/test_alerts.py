@@ -3,7 +3,8 @@
 One scenario, in the order an operator's night goes: syncs fail while the Cart DB is down
 (one launched through the queue and retried by Dagster, one run in a terminal); the Cart DB
 comes back and the syncs heal; a drift check fails and heals; the cart change capture loses
-its replication slot; a table goes past its freshness. Each incident is alerted once, and
+its replication slot, then errors on every tick after a bad migration; a table goes past its
+freshness. Each incident is alerted once, and
 once more when resolved, however many ticks pass; no alert carries a secret.
 """
 
@@ -114,7 +115,17 @@ def test_each_incident_is_alerted_once_and_resolved_once(
     assert lost["run_id"] == full.run_id and "replication slot was lost" in lost["text"]
     assert webhook.wait_for("changes_lost:cart_sync_job", "resolved")["run_id"] == full.run_id
 
-    # 4. Nothing syncs the products for 2 minutes (twice SYNC_CRON_SCHEDULE's minute): cart_db/product is overdue.
+    # 4. A migration renamed the `cart` table: cart_changes_sensor errors on every tick that sees a product change.
+    with faults.cart_conn() as conn:
+        conn.execute("ALTER TABLE cart RENAME TO cart_renamed")
+        conn.execute("UPDATE product SET price = price + 1 WHERE id = (SELECT min(id) FROM product)")
+        failing = webhook.wait_for("sensor_failing:cart_changes_sensor", timeout=60 + ALERTS_SENSOR_TICK_S)
+        assert failing["sensor"] == "cart_changes_sensor"
+        assert "failed on its last 3 ticks" in failing["text"] and 'relation "cart" does not exist' in failing["text"]
+        conn.execute("ALTER TABLE cart_renamed RENAME TO cart")
+    webhook.wait_for("sensor_failing:cart_changes_sensor", "resolved", timeout=30 + ALERTS_SENSOR_TICK_S)
+
+    # 5. Nothing syncs the products for 2 minutes (twice SYNC_CRON_SCHEDULE's minute): cart_db/product is overdue.
     overdue = webhook.wait_for("table_overdue:cart_db/product", timeout=120 + 60 + ALERTS_SENSOR_TICK_S)
     freshness = daemon.instance.get_freshness_state_records([dg.AssetKey(["cart_db", "product"])])
     assert freshness[dg.AssetKey(["cart_db", "product"])].freshness_state.value == "FAIL"
@@ -136,6 +147,7 @@ def test_each_incident_is_alerted_once_and_resolved_once(
             "check_failed:cart_db/product:no_missing_products",
             "changes_lost:cart_sync_job",
             "table_overdue:cart_db/product",
+            "sensor_failing:cart_changes_sensor",
         )
         for status in ("firing", "resolved")
     }, seen

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from etl_defs.alerts import AlertState, Finding, deliver
+from etl_defs.alerts import AlertState, Finding, deliver, error_line
 from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS, freshness_window
 from etl_defs.definitions import build_definitions
 from etl_defs.settings import SettingsError, load_settings
@@ -150,3 +150,25 @@ def test_the_target_tables_carry_freshness_policies_from_their_schedules() -> No
 
     assert policies[CART_DB_PRODUCT].fail_window.to_timedelta().total_seconds() == 2 * 3600
     assert policies[ORDER_DB_CARTS].fail_window.to_timedelta().total_seconds() == 2 * 600
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        (
+            "dagster._core.definitions.events.Failure: Cart PostgreSQL (pg:5432/cart) is unavailable\n  more",
+            "Cart PostgreSQL (pg:5432/cart) is unavailable",
+        ),
+        (
+            'psycopg.errors.UndefinedTable: relation "cart" does not exist',
+            'UndefinedTable: relation "cart" does not exist',
+        ),
+        ("\nExceeded maximum runtime of 300 seconds.", "Exceeded maximum runtime of 300 seconds."),
+        (
+            "connection to postgresql://cart:hunter2-secret@pg/cart failed",
+            "connection to postgresql://cart:***@pg/cart failed",
+        ),
+    ],
+)
+def test_an_alert_quotes_the_first_line_of_an_error_without_module_names_or_passwords(message: str, line: str) -> None:
+    assert error_line(message) == line
