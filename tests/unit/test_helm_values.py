@@ -272,13 +272,10 @@ def test_split_syncs_run_their_steps_as_pods_that_share_the_step_io_volume(
 
 
 def test_read_only_webserver_and_resources(values: dict[str, Any]) -> None:
-    """A read-only webserver for everyone, the full one on its own host; daemon/UI sized."""
+    """A read-only webserver for everyone; the chart's Ingress off (deploy/admin-auth.yaml routes both
+    webservers, the admin one through its login: tests/unit/test_admin_auth_manifest.py); daemon/UI sized."""
     assert values["dagsterWebserver"]["enableReadOnly"] is True
-    ingress = values["ingress"]
-    assert ingress["enabled"] is True
-    admin_host = ingress["dagsterWebserver"]["host"]
-    read_only_host = ingress["readOnlyDagsterWebserver"]["host"]
-    assert admin_host and read_only_host and admin_host != read_only_host
+    assert values["ingress"]["enabled"] is False
     for component in ("dagsterWebserver", "dagsterDaemon"):
         resources = values[component]["resources"]
         assert set(resources) == {"requests", "limits"}, component
