@@ -59,7 +59,6 @@ CHANGE_CAPTURES = {
 ALERTED_CHECKS = [check for check in PRODUCT_CHECKS + CART_CHECKS if check.severity == dg.AssetCheckSeverity.ERROR]
 #: The table whose `reachable` check stands for each database.
 HEALTH_OF_DATABASE = {"product_db": PRODUCT_DB_PRODUCTS, "cart_db": CART_DB_PRODUCT, "order_db": ORDER_DB_CARTS}
-FRESHNESS_TARGETS = (CART_DB_PRODUCT, ORDER_DB_CARTS)
 
 
 @dataclass(frozen=True)
