@@ -1,7 +1,7 @@
 """alerts_sensor on a real instance, evaluated through `build_sensor_context`, delivering to a real HTTP
 receiver on loopback: a sync run that failed and the next that succeeded, change capture's lag from the
 runs it holds, and a database down on consecutive health pings (the real health sensor pinging a
-PostgreSQL port nobody listens on). The daemon's view of all this: tests/faults/test_alerts.py."""
+PostgreSQL port nobody listens on). The daemon's view of all this: tests/faults/test_alert_scenario.py."""
 
 from __future__ import annotations
 
