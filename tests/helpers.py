@@ -51,6 +51,7 @@ __all__ = [
     "run_failure_message",
     "settings",
     "wait_until",
+    "yaml_strings",
 ]
 
 #: The code location, built as `dagster` loads it, in the session's environment.
@@ -113,6 +114,19 @@ def mongo_commands() -> Iterator[list[MongoCommand]]:
         yield recorded
     finally:
         _COMMAND_LOG.recording = None
+
+
+def yaml_strings(value: Any) -> Iterator[str]:
+    """Every string (keys and values) anywhere inside a YAML value: what a secret scan of a manifest reads."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from yaml_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from yaml_strings(item)
 
 
 def wait_until(what: str, condition: Callable[[], bool], timeout: float = 30, every: float = 0.05) -> None:

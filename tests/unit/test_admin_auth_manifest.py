@@ -18,6 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helpers import yaml_strings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = REPO_ROOT / "deploy" / "admin-auth.yaml"
 #: The oldest Kubernetes release the manifest has to apply on.
@@ -76,19 +78,6 @@ def proxy_auth_url(objects: Objects) -> str:
     service = one(objects, "Service")
     [port] = service["spec"]["ports"]
     return f"http://{service['metadata']['name']}.{RELEASE}.svc.cluster.local:{port['port']}/oauth2/auth"
-
-
-def strings(value: Any) -> Iterator[str]:
-    """Every string (keys and values) anywhere inside a YAML value."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield str(key)
-            yield from strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from strings(item)
 
 
 def test_every_object_matches_the_kubernetes_schema(objects: Objects) -> None:
@@ -206,7 +195,7 @@ def test_secrets_only_by_reference(objects: Objects) -> None:
         assert "value" not in env[name]
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == f"{RELEASE}-oauth2-proxy"
     assert not {"client-id", "client-secret", "cookie-secret", "client-secret-file"} & set(flags(objects))
-    assert [text for text in strings(objects) if URL_WITH_CREDENTIALS.search(text)] == []
+    assert [text for text in yaml_strings(objects) if URL_WITH_CREDENTIALS.search(text)] == []
 
 
 def test_only_the_ingress_controller_reaches_the_admin_webserver_pods(objects: Objects) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
+from tests.helpers import yaml_strings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENDOR_DIR = REPO_ROOT / ".." / "shared" / "vendor" / "dagster-helm"
@@ -105,19 +106,6 @@ def _env_names(env: Any) -> set[str]:
     if isinstance(env, dict):
         return set(env)
     return {item["name"] for item in env}
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """Every string (keys and values) anywhere inside a YAML value."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield str(key)
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 @pytest.fixture(scope="module")
@@ -209,10 +197,10 @@ def test_secrets_only_through_env_secrets(
         | {item.split("=", 1)[0] for item in launcher.get("envVars") or []}
     )
     assert inline_names.isdisjoint(SECRET_VARIABLES), inline_names & set(SECRET_VARIABLES)
-    assert not set(_strings(user_values)) & set(SECRET_VARIABLES), "secret name used as a key"
+    assert not set(yaml_strings(user_values)) & set(SECRET_VARIABLES), "secret name used as a key"
     assert {"name": SECRET_NAME} in deployment["envSecrets"]
     assert {"name": SECRET_NAME} in launcher["envSecrets"]
-    leaked = [s for s in _strings(user_values) if URL_WITH_CREDENTIALS.search(s)]
+    leaked = [s for s in yaml_strings(user_values) if URL_WITH_CREDENTIALS.search(s)]
     assert leaked == [], "credentials written into a URL"
 
 
