@@ -79,7 +79,7 @@ class AlertState:
     """The sensor's cursor: the last run event read, the open incidents, and alerts not yet delivered."""
 
     after: int | None = None
-    open: dict[str, dict[str, Any]] = field(default_factory=dict)
+    open: dict[str, str] = field(default_factory=dict)  # incident key: since when (ISO 8601)
     outbox: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -99,7 +99,7 @@ class AlertState:
             return None
         now = datetime.now(UTC).isoformat(timespec="seconds")
         if finding.firing:
-            self.open[finding.key] = {"kind": finding.kind, "since": now, "text": finding.text}
+            self.open[finding.key] = now
         else:
             self.open.pop(finding.key)
         return alert_body(finding, ui_url, now)
@@ -145,8 +145,9 @@ def failure_line(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> str
         error = event.step_failure_data.error if event is not None else None
         while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
             error = error.cause  # Dagster's wrapper ("Error occurred while executing op"): the op's own error
-        if error is not None and error_line(error.message):
-            return error_line(error.message)
+        line = error_line(error.message) if error is not None else ""
+        if line:
+            return line
     event = record.event_log_entry.dagster_event
     error = getattr(event.event_specific_data, "error", None) if event is not None else None
     return error_line(error.message if error is not None else None) or error_line(record.event_log_entry.message)
@@ -165,7 +166,8 @@ def run_findings(instance: dg.DagsterInstance, sync_jobs: Sequence[str], after: 
         ).records
         records += page
         if len(page) == _EVENTS_PER_TICK:
-            read_up_to = min(read_up_to or page[-1].storage_id, page[-1].storage_id)
+            last = page[-1].storage_id
+            read_up_to = last if read_up_to is None else min(read_up_to, last)
     if read_up_to is not None:
         records = [record for record in records if record.storage_id <= read_up_to]
     newest = max((record.storage_id for record in records), default=after)

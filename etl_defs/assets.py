@@ -7,6 +7,7 @@ Product MongoDB, the Cart PostgreSQL, the Order MongoDB) and the key's prefix sa
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 import dagster as dg
 from croniter import croniter
@@ -66,6 +67,7 @@ _CRON_SAMPLE_SPAN = timedelta(days=8)
 _CRON_SAMPLE_TICKS = 500
 
 
+@cache  # the assets' policies and alerts_sensor's texts ask for the same crons
 def longest_cron_interval(cron: str) -> timedelta:
     """The longest time between two consecutive ticks of `cron` (over its next ticks from a fixed date)."""
     ticks = croniter(cron, datetime(2026, 1, 1, tzinfo=UTC))
