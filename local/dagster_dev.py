@@ -103,6 +103,21 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def start_in_own_session(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a Dagster process (`dagster dev`, a webserver, a daemon) in the repo, in a session of its own so
+    that `stop_process_group` reaches everything it starts, its output into `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 def stop_process_group(process: subprocess.Popen) -> None:
     """Stop `dagster dev` and everything it started by signalling its process group; kill what is left."""
     try:
@@ -131,16 +146,9 @@ def running_dagster_dev(env: dict[str, str], port: int, log: Path) -> Iterator[D
 
     On the way out it stops the whole process group and checks that nothing it started is left.
     """
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = start_in_own_session(
+        [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], env, log
+    )
     server = DagsterDev(f"http://127.0.0.1:{port}", log, env)
     try:
         server.wait_for("the webserver to answer", lambda: process.poll() is None and answers(server.url))

@@ -20,7 +20,7 @@ import psycopg
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from local.dagster_dev import DAGSTER, REPO, group_alive
+from local.dagster_dev import DAGSTER, REPO, group_alive, start_in_own_session
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 from tests.helpers import defs, wait_until
@@ -205,16 +205,9 @@ class Orchestrator:
         """A new daemon (and, once it loads the workspace, a new code server)."""
         log = self.home / f"daemon-{len(self._logs) + 1}.log"
         self._logs.append(log)
-        with log.open("wb") as out:
-            self._daemon = subprocess.Popen(
-                [str(Path(DAGSTER).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
-                cwd=REPO,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._daemon = start_in_own_session(
+            [str(Path(DAGSTER).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"], self.env, log
+        )
 
     def crash(self) -> None:
         """SIGKILL the daemon and everything it started, and wait until none of them is left."""

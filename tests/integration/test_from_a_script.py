@@ -31,7 +31,15 @@ from examples.sync_from_a_script import (
     TIMED_OUT,
     USAGE,
 )
-from local.dagster_dev import LOCATION, RUN_STATUS, DagsterDev, answers, group_alive, stop_process_group
+from local.dagster_dev import (
+    LOCATION,
+    RUN_STATUS,
+    DagsterDev,
+    answers,
+    group_alive,
+    start_in_own_session,
+    stop_process_group,
+)
 from local.stack import free_port
 from tests.factories import expected_row, new_cart, new_product, product_doc
 from tests.helpers import copy_carts, copy_products
@@ -73,16 +81,9 @@ def read_only_webserver(dagster_dev: DagsterDev, tmp_path_factory: pytest.TempPa
     port = free_port()
     log = tmp_path_factory.mktemp("read_only_webserver") / "webserver.log"
     webserver = str(Path(sys.executable).parent / "dagster-webserver")
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [webserver, "--read-only", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-            cwd=REPO,
-            env=dagster_dev.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = start_in_own_session(
+        [webserver, "--read-only", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"], dagster_dev.env, log
+    )
     server = DagsterDev(f"http://127.0.0.1:{port}", log, dagster_dev.env)
 
     def serving() -> bool:
