@@ -20,7 +20,7 @@ import psycopg
 from benchmarks import data, scans, seed, verify
 from benchmarks.jobs import REPO, JobRunner
 from benchmarks.measure import ServerCpu, measure_inline, measure_process
-from etl_defs.carts.endpoints import CART_TABLE
+from etl_defs.carts.table import CART_TABLE
 from etl_defs.products.table import PRODUCT_TABLE
 from local.stack import CART_DB, PRODUCT_DB, LocalStack
 

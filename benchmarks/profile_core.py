@@ -30,7 +30,7 @@ CHILD = """
 import logging, sys, time
 sys.path.insert(0, sys.argv[1])
 from etl_defs.products.endpoints import ProductSyncEndpoints
-from etl_defs.products.ops import PRODUCT_SYNC
+from etl_defs.products.pipeline import PRODUCT_SYNC
 from etl_defs.sync import run_sync
 from resources import MongoResource, PostgresResource
 import etl_defs

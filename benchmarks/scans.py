@@ -15,8 +15,8 @@ import psycopg
 from pymongo import UpdateOne
 
 from benchmarks.seed import WRITE_CHUNK, carts_collection, chunked, products_collection
-from etl_defs.carts.endpoints import CART_ID_INDEX
 from etl_defs.carts.endpoints import SCAN_SQL as CART_SYNC_SCAN_SQL  # the cart sync's whole-table query
+from etl_defs.carts.table import CART_ID_INDEX
 from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow
 from etl_defs.products.table import SELECT_PRODUCTS_SQL
 from etl_defs.products.transform import PRODUCT_PROJECTION

@@ -12,7 +12,7 @@ from pymongo.collection import Collection
 
 from benchmarks import data
 from benchmarks.data import Drift
-from etl_defs.carts.endpoints import CART_COLUMNS, CART_TABLE, ORDER_CARTS
+from etl_defs.carts.table import CART_COLUMNS, CART_TABLE, ORDER_CARTS
 from etl_defs.carts.transform import CartRow
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, ProductRow
 from local.schema import create_cart_schema, create_order_indexes

@@ -16,7 +16,7 @@ import psycopg
 
 from benchmarks import data
 from benchmarks.seed import carts_collection
-from etl_defs.carts.endpoints import CART_ID_INDEX
+from etl_defs.carts.table import CART_ID_INDEX
 from etl_defs.products.table import PRODUCT_COLUMN_LIST, PRODUCT_TABLE
 from local.stack import CART_DB, LocalStack
 

@@ -17,9 +17,19 @@ from typing import Any
 
 import dagster as dg
 
-from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS, PRODUCT_DB_PRODUCTS, freshness_window
-from etl_defs.checks import CART_CHECKS, PRODUCT_CHECKS
+from etl_defs.assets import (
+    CART_DB_KEY,
+    CART_DB_PRODUCT,
+    ORDER_DB_CARTS,
+    ORDER_DB_KEY,
+    PRODUCT_DB_KEY,
+    PRODUCT_DB_PRODUCTS,
+    freshness_window,
+)
+from etl_defs.checks import DRIFT_CHECKS
 from etl_defs.health import REACHABLE
+from etl_defs.pipeline import SyncPipeline
+from etl_defs.pipelines import PIPELINES
 from etl_defs.settings import SyncSettings, mask_secrets
 from etl_defs.tags import (
     CART_CHANGES_FULL_TRIGGER,
@@ -56,9 +66,9 @@ CHANGE_CAPTURES = {
     "cart change capture": (CART_CHANGES_TRIGGER, CART_CHANGES_FULL_TRIGGER),
 }
 #: The ERROR drift checks (missing and stale rows); orphans only warn and are not alerted.
-ALERTED_CHECKS = [check for check in PRODUCT_CHECKS + CART_CHECKS if check.severity == dg.AssetCheckSeverity.ERROR]
+ALERTED_CHECKS = [check for check in DRIFT_CHECKS if check.severity == dg.AssetCheckSeverity.ERROR]
 #: The table whose `reachable` check stands for each database.
-HEALTH_OF_DATABASE = {"product_db": PRODUCT_DB_PRODUCTS, "cart_db": CART_DB_PRODUCT, "order_db": ORDER_DB_CARTS}
+HEALTH_OF_DATABASE = {PRODUCT_DB_KEY: PRODUCT_DB_PRODUCTS, CART_DB_KEY: CART_DB_PRODUCT, ORDER_DB_KEY: ORDER_DB_CARTS}
 
 
 @dataclass(frozen=True)
@@ -372,12 +382,10 @@ def build_alerts_sensor(
 ) -> dg.SensorDefinition:
     """`alerts_sensor`, running by default: it is defined only when ALERT_WEBHOOK_URL is set."""
     job_names = [job.name for job in sync_jobs]
-    windows = {
-        CART_DB_PRODUCT: (settings.sync_cron_schedule, "SYNC_CRON_SCHEDULE"),
-        ORDER_DB_CARTS: (settings.cart_sync_cron_schedule, "CART_SYNC_CRON_SCHEDULE"),
-    }
     window_text = {
-        asset: f"{freshness_window(cron)} (twice {name} '{cron}')" for asset, (cron, name) in windows.items()
+        pipeline.asset: f"{freshness_window(pipeline.cron(settings))} (twice "
+        f"{SyncPipeline.variable(pipeline.cron_setting)} '{pipeline.cron(settings)}')"
+        for pipeline in PIPELINES
     }
 
     @dg.sensor(

@@ -21,6 +21,19 @@ CART_DB_PRODUCT = dg.AssetKey(["cart_db", "product"])
 CART_DB_CART = dg.AssetKey(["cart_db", "cart"])
 ORDER_DB_CARTS = dg.AssetKey(["order_db", "carts"])
 
+#: The resource key of each database (and the concurrency pool of the range steps that hit it hardest).
+PRODUCT_DB_KEY = "product_db"
+CART_DB_KEY = "cart_db"
+ORDER_DB_KEY = "order_db"
+
+#: Which database (resource key) holds each table.
+DATABASE_OF_ASSET = {
+    PRODUCT_DB_PRODUCTS: PRODUCT_DB_KEY,
+    CART_DB_PRODUCT: CART_DB_KEY,
+    CART_DB_CART: CART_DB_KEY,
+    ORDER_DB_CARTS: ORDER_DB_KEY,
+}
+
 #: The group of each database's tables: where it lives, in the lineage's words.
 PRODUCT_MONGODB = "product_service_mongodb"
 CART_POSTGRESQL = "cart_service_postgresql"

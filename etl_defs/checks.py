@@ -5,112 +5,26 @@ are not blocking and how severities are chosen: docs/automation.md.
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
-from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
-from etl_defs.carts.endpoints import CartSyncEndpoints
-from etl_defs.carts.ops import CART_SYNC
-from etl_defs.health import DATABASE_OF_ASSET, REACHABLE, health_of_tables, ping_all
-from etl_defs.ops import retried_while_unavailable
-from etl_defs.products.endpoints import ProductSyncEndpoints
-from etl_defs.products.ops import PRODUCT_SYNC
+from etl_defs.assets import CART_DB_KEY, DATABASE_OF_ASSET, ORDER_DB_KEY, PRODUCT_DB_KEY
+from etl_defs.carts.pipeline import CART_PIPELINE
+from etl_defs.health import REACHABLE, health_of_tables, ping_all
+from etl_defs.pipeline import DriftCheck, SyncPipeline
+from etl_defs.pipelines import PIPELINES
+from etl_defs.products.pipeline import PRODUCT_PIPELINE
 from etl_defs.settings import SyncSettings
-from etl_defs.sync import Change, SyncEndpoints, SyncReport, SyncSpec, run_sync
+from etl_defs.steps.retries import retried_while_unavailable
+from etl_defs.sync import WHOLE_TABLE, Change, SyncEndpoints, SyncReport, run_sync
 from resources import MongoResource, PostgresResource
 
-ERROR = dg.AssetCheckSeverity.ERROR
-WARN = dg.AssetCheckSeverity.WARN
-
-
-@dataclass(frozen=True)
-class DriftCheck:
-    """One validation check: which plan classes it counts, and how bad a non-zero count is."""
-
-    name: str
-    asset: dg.AssetKey
-    classes: tuple[Change, ...]
-    severity: dg.AssetCheckSeverity
-    what: str  # "<n> <what>", e.g. "products in the Product MongoDB but not in the Cart DB"
-    description: str
-    #: Also report `newer_in_target` (targets ahead of the source, which the sync leaves alone).
-    reports_newer_in_target: bool = False
-
-    @property
-    def key(self) -> dg.AssetCheckKey:
-        return dg.AssetCheckKey(self.asset, self.name)
-
-    @property
-    def spec(self) -> dg.AssetCheckSpec:
-        return dg.AssetCheckSpec(self.name, asset=self.asset, description=self.description, blocking=False)
-
-
-PRODUCT_CHECKS = (
-    DriftCheck(
-        "no_missing_products",
-        CART_DB_PRODUCT,
-        (Change.MISSING,),
-        ERROR,
-        "products are in the Product MongoDB but not in the Cart DB",
-        "Every product of the Product MongoDB has a row in the Cart DB's `product` table. "
-        "Products the sync rejects (bad data) are counted as `rejected_source_records`, not here.",
-    ),
-    DriftCheck(
-        "no_stale_products",
-        CART_DB_PRODUCT,
-        (Change.CHANGED, Change.OUTDATED),
-        ERROR,
-        "products differ between the Product MongoDB and the Cart DB (title, price, image, seller or quantity)",
-        "Every `product` row equals its Product MongoDB document (title, price, image, sellerId, quantity).",
-    ),
-    DriftCheck(
-        "no_orphaned_products",
-        CART_DB_PRODUCT,
-        (Change.ORPHANED,),
-        WARN,
-        "Cart DB products are no longer in the Product MongoDB",
-        "Every `product` row still exists in the Product MongoDB. Orphans are left in place by the sync "
-        "(carts may still reference them), so this only warns.",
-    ),
-)
-
-CART_CHECKS = (
-    DriftCheck(
-        "no_missing_carts",
-        ORDER_DB_CARTS,
-        (Change.MISSING,),
-        ERROR,
-        "carts are in the Cart DB but not in the Order MongoDB",
-        "Every cart of the Cart DB has a document in the Order MongoDB's `carts`. Carts the sync rejects "
-        "(e.g. an unknown product) are counted as `rejected_source_records`, not here.",
-    ),
-    DriftCheck(
-        "no_outdated_carts",
-        ORDER_DB_CARTS,
-        (Change.OUTDATED, Change.CHANGED),
-        ERROR,
-        "Order DB carts are older than the Cart DB's or carry old product details",
-        "Every Order `carts` document has the Cart DB's version, and at that version the current product "
-        "title, price, image, seller and quantity (so `total` is right at checkout). Documents newer than "
-        "the Cart DB are counted as `newer_in_target`, not here.",
-        reports_newer_in_target=True,
-    ),
-    DriftCheck(
-        "no_orphaned_carts",
-        ORDER_DB_CARTS,
-        (Change.ORPHANED,),
-        WARN,
-        "Order DB carts are no longer in the Cart DB",
-        "Every Order `carts` document still has its cart in the Cart DB. The cart sync deletes orphans only "
-        "with `prune_orphans: true`, so this only warns.",
-    ),
-)
-
-VALIDATION_CHECK_KEYS = [check.key for check in PRODUCT_CHECKS + CART_CHECKS]
-PRODUCT_CHECK_KEYS = [check.key for check in PRODUCT_CHECKS]
-CART_CHECK_KEYS = [check.key for check in CART_CHECKS]
+#: The drift checks of every pipeline, and their keys.
+DRIFT_CHECKS = tuple(check for pipeline in PIPELINES for check in pipeline.checks)
+VALIDATION_CHECK_KEYS = [check.key for check in DRIFT_CHECKS]
+PRODUCT_CHECK_KEYS = [check.key for check in PRODUCT_PIPELINE.checks]
+CART_CHECK_KEYS = [check.key for check in CART_PIPELINE.checks]
 
 
 def drift_result(check: DriftCheck, report: SyncReport) -> dg.AssetCheckResult:
@@ -146,18 +60,14 @@ def drift_result(check: DriftCheck, report: SyncReport) -> dg.AssetCheckResult:
 
 
 def _run_drift_checks(
-    context: dg.AssetCheckExecutionContext,
-    checks: tuple[DriftCheck, ...],
-    spec: SyncSpec,
-    endpoints: SyncEndpoints,
-    batch_size: int,
+    context: dg.AssetCheckExecutionContext, pipeline: SyncPipeline, endpoints: SyncEndpoints, batch_size: int
 ) -> Iterator[dg.AssetCheckResult]:
     """Plan once, yield the selected checks' results; a database that is down is retried with backoff."""
     with retried_while_unavailable(context.op_execution_context, after_failure="nothing was checked"):
         # The sync core's own loop, dry: the same plan a real run would make, nothing written.
-        report = run_sync(spec, endpoints, batch_size=batch_size, dry_run=True, log=context.log)
+        report = run_sync(pipeline.spec, endpoints, batch_size=batch_size, dry_run=True, log=context.log)
     selected = context.selected_asset_check_keys
-    for check in checks:
+    for check in pipeline.checks:
         if check.key not in selected:
             continue
         result = drift_result(check, report)
@@ -169,42 +79,23 @@ def _run_drift_checks(
         yield result
 
 
-def build_product_checks(settings: SyncSettings) -> dg.AssetChecksDefinition:
-    """The three product checks on `cart_db/product`, from one read-only product plan."""
+def build_drift_checks(pipeline: SyncPipeline, settings: SyncSettings) -> dg.AssetChecksDefinition:
+    """`validate_<name>`: the pipeline's drift checks on its target, from one read-only plan of its whole table."""
+    keys = pipeline.databases
 
     @dg.multi_asset_check(
-        name="validate_products",
-        specs=[check.spec for check in PRODUCT_CHECKS],
+        name=f"validate_{pipeline.name}",
+        specs=[check.spec for check in pipeline.checks],
         can_subset=True,
-        description="Plan the product sync read-only and report missing, stale and orphaned products.",
+        required_resource_keys=set(keys),
+        description=pipeline.describe.checks,
     )
-    def validate_products(
-        context: dg.AssetCheckExecutionContext, product_db: MongoResource, cart_db: PostgresResource
-    ) -> Iterator[dg.AssetCheckResult]:
-        yield from _run_drift_checks(
-            context, PRODUCT_CHECKS, PRODUCT_SYNC, ProductSyncEndpoints(product_db, cart_db), settings.sync_batch_size
-        )
+    def validate(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
+        databases = {key: getattr(context.resources, key) for key in keys}
+        endpoints = pipeline.endpoints(databases, WHOLE_TABLE, None)
+        yield from _run_drift_checks(context, pipeline, endpoints, pipeline.batch_size(settings))
 
-    return validate_products
-
-
-def build_cart_checks(settings: SyncSettings) -> dg.AssetChecksDefinition:
-    """The three cart checks on `order_db/carts`, from one read-only cart plan (every user, no pruning)."""
-
-    @dg.multi_asset_check(
-        name="validate_carts",
-        specs=[check.spec for check in CART_CHECKS],
-        can_subset=True,
-        description="Plan the cart sync read-only and report missing, outdated and orphaned carts.",
-    )
-    def validate_carts(
-        context: dg.AssetCheckExecutionContext, cart_db: PostgresResource, order_db: MongoResource
-    ) -> Iterator[dg.AssetCheckResult]:
-        yield from _run_drift_checks(
-            context, CART_CHECKS, CART_SYNC, CartSyncEndpoints(cart_db, order_db), settings.cart_sync_batch_size
-        )
-
-    return validate_carts
+    return validate
 
 
 def build_reachability_checks() -> dg.AssetChecksDefinition:
@@ -232,7 +123,7 @@ def build_reachability_checks() -> dg.AssetChecksDefinition:
     ) -> Iterator[dg.AssetCheckResult]:
         selected = context.selected_asset_check_keys
         wanted = {DATABASE_OF_ASSET[key.asset_key] for key in selected}
-        available = {"product_db": product_db, "cart_db": cart_db, "order_db": order_db}
+        available = {PRODUCT_DB_KEY: product_db, CART_DB_KEY: cart_db, ORDER_DB_KEY: order_db}
         health = ping_all({name: available[name] for name in wanted})
         for asset, result in health_of_tables(health):
             if dg.AssetCheckKey(asset, REACHABLE) in selected:
@@ -244,7 +135,7 @@ def build_reachability_checks() -> dg.AssetChecksDefinition:
 
 def build_asset_checks(settings: SyncSettings) -> list[dg.AssetChecksDefinition]:
     """Every asset check of the code location."""
-    return [build_product_checks(settings), build_cart_checks(settings), build_reachability_checks()]
+    return [*(build_drift_checks(pipeline, settings) for pipeline in PIPELINES), build_reachability_checks()]
 
 
 #: Only the six validation checks (no sync, no reachability pings).

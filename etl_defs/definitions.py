@@ -5,10 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from etl_defs.alerts import build_alerts_sensor
-from etl_defs.assets import build_database_assets
+from etl_defs.assets import CART_DB_KEY, ORDER_DB_KEY, PRODUCT_DB_KEY, build_database_assets
 from etl_defs.checks import build_asset_checks, validation_job
-from etl_defs.jobs import build_cart_sync_job, build_full_sync_job, build_product_sync_job
-from etl_defs.schedules import build_schedules
+from etl_defs.jobs import build_full_sync_job, build_sync_job
+from etl_defs.pipelines import PIPELINES
+from etl_defs.schedules import build_sync_schedule
 from etl_defs.sensors import build_sensors
 from etl_defs.settings import SyncSettings, load_settings
 from resources import MongoResource, PostgresResource
@@ -25,11 +26,11 @@ def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource
         "socket_timeout_ms": settings.mongodb_socket_timeout_ms,
     }
     resources: dict[str, dg.ConfigurableResource] = {
-        "product_db": MongoResource(
+        PRODUCT_DB_KEY: MongoResource(
             url=dg.EnvVar("PRODUCT_SERVICE_MONGODB_URL"), label="Product MongoDB", **mongo_options
         ),
-        "order_db": MongoResource(url=dg.EnvVar(settings.order_url_env), label="Order MongoDB", **mongo_options),
-        "cart_db": PostgresResource(
+        ORDER_DB_KEY: MongoResource(url=dg.EnvVar(settings.order_url_env), label="Order MongoDB", **mongo_options),
+        CART_DB_KEY: PostgresResource(
             url=dg.EnvVar(settings.cart_db_url_env),
             label="Cart PostgreSQL",
             fetch_size=settings.postgres_fetch_size,
@@ -43,15 +44,20 @@ def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource
 
 def build_definitions(settings: SyncSettings) -> dg.Definitions:
     """The code location's definitions for validated `settings`."""
-    sync_jobs = [build_product_sync_job(settings), build_cart_sync_job(settings), build_full_sync_job(settings)]
-    sensors = build_sensors(settings, sync_jobs[0], sync_jobs[1])
+    pipeline_jobs = {pipeline.name: build_sync_job(pipeline, settings) for pipeline in PIPELINES}
+    full_sync_job = build_full_sync_job(PIPELINES, settings)
+    sync_jobs = [*pipeline_jobs.values(), full_sync_job]
+    sensors = build_sensors(settings, pipeline_jobs)
     if settings.alert_webhook_url:
         sensors.append(build_alerts_sensor(settings, sync_jobs, [sensor.name for sensor in sensors]))
     return dg.Definitions(
         assets=build_database_assets(settings),
         asset_checks=build_asset_checks(settings),
         jobs=[*sync_jobs, validation_job],
-        schedules=build_schedules(settings, *sync_jobs),
+        schedules=[
+            build_sync_schedule(pipeline, settings, pipeline_jobs[pipeline.name], full_sync_job)
+            for pipeline in PIPELINES
+        ],
         sensors=sensors,
         resources=build_resources(settings),
     )

@@ -7,16 +7,9 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
-from etl_defs.assets import CART_DB_CART, CART_DB_PRODUCT, ORDER_DB_CARTS, PRODUCT_DB_PRODUCTS
+from etl_defs.assets import DATABASE_OF_ASSET
 from resources import DatabaseUnavailableError, MongoResource, PostgresResource
 
-#: Which database (resource key) holds each table.
-DATABASE_OF_ASSET = {
-    PRODUCT_DB_PRODUCTS: "product_db",
-    CART_DB_PRODUCT: "cart_db",
-    CART_DB_CART: "cart_db",
-    ORDER_DB_CARTS: "order_db",
-}
 REACHABLE = "reachable"
 REACHABILITY_CHECK_KEYS = [dg.AssetCheckKey(asset, REACHABLE) for asset in DATABASE_OF_ASSET]
 

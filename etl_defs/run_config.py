@@ -1,4 +1,5 @@
-"""Run config of the sync ops, defined once: the jobs' Launchpad schema is derived from these models."""
+"""Run config of the sync jobs, defined once: one model per pipeline, from which each job's Launchpad schema,
+its config mapping's validation, `full_sync_job`'s variant and the change sensors' run requests are derived."""
 
 import re
 import types
@@ -8,10 +9,10 @@ from typing import Any, Union, get_args, get_origin
 
 import dagster as dg
 from bson import ObjectId
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from etl_defs.settings import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
-from etl_defs.sync import MAX_PARALLELISM
+from etl_defs.settings import MAX_BATCH_SIZE
+from etl_defs.sync import MAX_PARALLELISM, WHOLE_TABLE, SyncScope
 
 #: The most keys one keyed sync run takes: past it, run the sync over the whole table.
 MAX_SYNC_KEYS = 10_000
@@ -46,13 +47,21 @@ def _is_uuid(key: str) -> bool:
         return False
 
 
+class InvalidRunConfigError(dg.DagsterError):
+    """A run config value is out of range; raised before the run starts.
+
+    A `dg.DagsterError`, so that Dagster passes it on as it is (the terminal's last line, the
+    UI's launch error) instead of wrapping it in "the config mapping function has thrown an
+    unexpected error".
+    """
+
+
 class SyncOpConfig(dg.Config):
-    """Run config every sync op takes."""
+    """Run config every sync takes."""
 
     dry_run: bool = Field(default=False, description="Plan and report, write nothing")
-    batch_size: int = Field(
-        default=DEFAULT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Keys per batch and transaction"
-    )
+    #: Unset (None): the pipeline's own setting (SYNC_BATCH_SIZE, CART_SYNC_BATCH_SIZE), its one default.
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE, description="Keys per batch and transaction")
     batch_pause_ms: int = Field(default=0, ge=0, le=60_000, description="Pause after each written batch (ms)")
     parallelism: int = Field(
         default=1,
@@ -60,6 +69,34 @@ class SyncOpConfig(dg.Config):
         le=MAX_PARALLELISM,
         description="Key ranges synced side by side, a step each (1: one step, in the run's own process)",
     )
+
+    def scope(self) -> SyncScope:
+        """The keys this run covers."""
+        return WHOLE_TABLE
+
+    @classmethod
+    def validated(cls, config: dict[str, Any], batch_size: int) -> "SyncOpConfig":
+        """`config` (the fields of this model in it) checked, with `batch_size` where it leaves it unset; a bad
+        value is refused here, before the run starts, naming the field and its allowed range."""
+        fields = {name: config[name] for name in cls.model_fields if config.get(name) is not None}
+        try:
+            return cls(**{"batch_size": batch_size, **fields})
+        except ValidationError as error:
+            problems = []
+            for problem in error.errors():
+                message = problem["msg"].removeprefix("Value error, ")
+                if not problem["loc"]:  # a rule over several fields
+                    problems.append(message)
+                    continue
+                name = str(problem["loc"][0])
+                problems.append(f"{name}={_shown(fields.get(name))}: {message}{allowed(cls, name)}")
+            raise InvalidRunConfigError(f"invalid run config: {'; '.join(problems)}") from None
+
+    @classmethod
+    def launch_config(cls, **fields: Any) -> dict[str, Any]:
+        """The run config of a run of this model's job, as a sensor requests it: `fields` checked by the model
+        now, every other field left to the job's defaults."""
+        return cls(**fields).model_dump(exclude_unset=True)
 
 
 class ProductSyncOpConfig(SyncOpConfig):
@@ -74,6 +111,9 @@ class ProductSyncOpConfig(SyncOpConfig):
     @classmethod
     def _product_ids(cls, keys: list[str] | None) -> list[str] | None:
         return None if keys is None else _checked_keys(keys, "product", _is_object_id, "24 hex digits (an ObjectId)")
+
+    def scope(self) -> SyncScope:
+        return SyncScope.of_keys(self.keys) if self.keys is not None else WHOLE_TABLE
 
 
 class CartSyncOpConfig(SyncOpConfig):
@@ -108,6 +148,11 @@ class CartSyncOpConfig(SyncOpConfig):
             raise ValueError("give user_id or keys, not both")
         return self
 
+    def scope(self) -> SyncScope:
+        if self.keys is not None:
+            return SyncScope.of_keys(self.keys)
+        return SyncScope.of_user(self.user_id) if self.user_id is not None else WHOLE_TABLE
+
 
 #: Fields only a cart sync run of its own takes (`full_sync_job` syncs every cart).
 KEYED_CART_FIELDS = ("keys", "advance_slot_to")
@@ -125,6 +170,13 @@ def allowed(model: type[dg.Config], name: str) -> str:
     return ""
 
 
+def _shown(value: Any) -> str:
+    """A run config value as the refusal quotes it: a long list is cut short."""
+    if isinstance(value, list) and len(value) > 3:
+        return f"[{', '.join(repr(item) for item in value[:3])}, ... ({len(value)} items)]"
+    return repr(value)
+
+
 def _dagster_type(annotation: Any) -> Any:
     """`bool`, `int`, `str` as they are; `list[X]` as `[X]`; `X | None` as `dg.Noneable(X)`."""
     if get_origin(annotation) in (Union, types.UnionType):
@@ -136,14 +188,30 @@ def _dagster_type(annotation: Any) -> Any:
     return annotation
 
 
-def launchpad_schema(model: type[dg.Config], **defaults: Any) -> dict[str, dg.Field]:
-    """A job's run config schema from `model`'s fields (`defaults` override theirs).
+def launchpad_schema(
+    model: type[dg.Config],
+    *,
+    leave_out: tuple[str, ...] = (),
+    descriptions: dict[str, str] | None = None,
+    **defaults: Any,
+) -> dict[str, dg.Field]:
+    """A job's run config schema from `model`'s fields but `leave_out` (`defaults` and `descriptions` override
+    theirs).
 
     The Launchpad shows each description above its field, so it carries the field's range;
     the bounds themselves are checked by `model` when the config mapping validates a run.
     """
     schema = {}
     for name, field in model.model_fields.items():
+        if name in leave_out:
+            continue
+        if descriptions and name in descriptions:
+            schema[name] = dg.Field(
+                _dagster_type(field.annotation),
+                default_value=defaults.get(name, field.default),
+                description=descriptions[name],
+            )
+            continue
         schema[name] = dg.Field(
             _dagster_type(field.annotation),
             default_value=defaults.get(name, field.default),

@@ -8,19 +8,10 @@ from collections.abc import Sequence
 import dagster as dg
 
 from etl_defs.health import ping_all
+from etl_defs.pipeline import SyncPipeline
 from etl_defs.settings import SyncSettings
-from etl_defs.tags import KEYED_REPAIR_TRIGGERS, TRIGGER_TAG
+from etl_defs.tags import IN_FLIGHT_STATUSES, KEYED_REPAIR_TRIGGERS, TRIGGER_TAG
 from resources import MongoResource, PostgresResource
-
-#: Statuses of a run that has not finished yet.
-IN_FLIGHT_STATUSES = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
 
 #: Unfinished runs looked at per job, at most, for one that is not a keyed repair.
 _IN_FLIGHT_LOOKBACK = 20
@@ -62,64 +53,29 @@ def sync_tick(
     return dg.RunRequest(tags={TRIGGER_TAG: "schedule"})
 
 
-def build_product_sync_schedule(
-    settings: SyncSettings, product_sync_job: dg.JobDefinition, full_sync_job: dg.JobDefinition
+def build_sync_schedule(
+    pipeline: SyncPipeline, settings: SyncSettings, sync_job: dg.JobDefinition, full_sync_job: dg.JobDefinition
 ) -> dg.ScheduleDefinition:
-    """`product_sync_schedule`: `product_sync_job` on SYNC_CRON_SCHEDULE in TIMEZONE."""
+    """`<noun>_sync_schedule`: the pipeline's job on its cron setting in TIMEZONE."""
+    cron, variable, keys = pipeline.cron(settings), SyncPipeline.variable(pipeline.cron_setting), pipeline.databases
 
     @dg.schedule(
-        name="product_sync_schedule",
-        cron_schedule=settings.sync_cron_schedule,
+        name=f"{pipeline.noun}_sync_schedule",
+        cron_schedule=cron,
         execution_timezone=settings.timezone,
-        job=product_sync_job,
+        job=sync_job,
+        required_resource_keys=set(keys),
         default_status=settings.default_status(dg.DefaultScheduleStatus),
         description=(
-            f"product_sync_job at '{settings.sync_cron_schedule}' ({settings.timezone}), SYNC_CRON_SCHEDULE; skipped "
-            "while a product sync is still going or a database it needs is down."
+            f"{sync_job.name} at '{cron}' ({settings.timezone}), {variable}; skipped while a {pipeline.noun} sync is "
+            "still going or a database it needs is down."
         ),
     )
-    def product_sync_schedule(
-        context: dg.ScheduleEvaluationContext, product_db: MongoResource, cart_db: PostgresResource
+    def sync_schedule(
+        context: dg.ScheduleEvaluationContext, **databases: MongoResource | PostgresResource
     ) -> dg.RunRequest | dg.SkipReason:
-        databases = {"product_db": product_db, "cart_db": cart_db}
-        return sync_tick(context, [product_sync_job, full_sync_job], databases)
+        # A schedule called directly is handed its required resources by name; the daemon leaves them on `context`.
+        databases = databases or {key: getattr(context.resources, key) for key in keys}
+        return sync_tick(context, [sync_job, full_sync_job], databases)
 
-    return product_sync_schedule
-
-
-def build_cart_sync_schedule(
-    settings: SyncSettings, cart_sync_job: dg.JobDefinition, full_sync_job: dg.JobDefinition
-) -> dg.ScheduleDefinition:
-    """`cart_sync_schedule`: `cart_sync_job` on CART_SYNC_CRON_SCHEDULE in TIMEZONE."""
-
-    @dg.schedule(
-        name="cart_sync_schedule",
-        cron_schedule=settings.cart_sync_cron_schedule,
-        execution_timezone=settings.timezone,
-        job=cart_sync_job,
-        default_status=settings.default_status(dg.DefaultScheduleStatus),
-        description=(
-            f"cart_sync_job at '{settings.cart_sync_cron_schedule}' ({settings.timezone}), CART_SYNC_CRON_SCHEDULE; "
-            "skipped while a cart sync is still going or a database it needs is down."
-        ),
-    )
-    def cart_sync_schedule(
-        context: dg.ScheduleEvaluationContext, cart_db: PostgresResource, order_db: MongoResource
-    ) -> dg.RunRequest | dg.SkipReason:
-        databases = {"cart_db": cart_db, "order_db": order_db}
-        return sync_tick(context, [cart_sync_job, full_sync_job], databases)
-
-    return cart_sync_schedule
-
-
-def build_schedules(
-    settings: SyncSettings,
-    product_sync_job: dg.JobDefinition,
-    cart_sync_job: dg.JobDefinition,
-    full_sync_job: dg.JobDefinition,
-) -> list[dg.ScheduleDefinition]:
-    """Both sync schedules; either waits while `full_sync_job` runs."""
-    return [
-        build_product_sync_schedule(settings, product_sync_job, full_sync_job),
-        build_cart_sync_schedule(settings, cart_sync_job, full_sync_job),
-    ]
+    return sync_schedule

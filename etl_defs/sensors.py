@@ -6,18 +6,19 @@ validation: docs/automation.md.
 """
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 from croniter import croniter
 
-from etl_defs.carts.sensors import build_cart_changes_sensor
-from etl_defs.checks import CART_CHECKS, PRODUCT_CHECKS, validation_job
+from etl_defs.assets import CART_DB_KEY, ORDER_DB_KEY, PRODUCT_DB_KEY
+from etl_defs.checks import validation_job
 from etl_defs.health import Health, health_of_tables, ping_all
-from etl_defs.ops import SCOPE_KEY
-from etl_defs.products.sensors import build_product_changes_sensor
+from etl_defs.pipelines import PIPELINES
 from etl_defs.settings import SyncSettings
+from etl_defs.sync import KEYS_SCOPE, SCOPE_METADATA_KEY
 from etl_defs.tags import VALIDATES_JOB_TAG, VALIDATES_RUN_TAG
 from resources import MongoResource, PostgresResource
 
@@ -28,7 +29,7 @@ HEALTH_SENSOR_TICK_S = 30
 VALIDATE_SENSOR_TICK_S = 30
 
 #: The validation checks of each sync target, requested after each of its materializations.
-CHECKS_OF_TARGET = {checks[0].asset: [check.key for check in checks] for checks in (PRODUCT_CHECKS, CART_CHECKS)}
+CHECKS_OF_TARGET = {pipeline.asset: [check.key for check in pipeline.checks] for pipeline in PIPELINES}
 
 
 def health_check_due(cron: str, timezone: str, cursor: str | None, now: datetime) -> tuple[bool, datetime, datetime]:
@@ -75,7 +76,7 @@ def build_databases_health_sensor(settings: SyncSettings) -> dg.SensorDefinition
         due, slot, following = health_check_due(cron, timezone, context.cursor, datetime.now(ZoneInfo(timezone)))
         if not due:
             return dg.SensorResult(skip_reason=f"next health check at {following.isoformat()} ('{cron}', {timezone})")
-        health = ping_all({"product_db": product_db, "cart_db": cart_db, "order_db": order_db})
+        health = ping_all({PRODUCT_DB_KEY: product_db, CART_DB_KEY: cart_db, ORDER_DB_KEY: order_db})
         for result in health.values():
             (context.log.info if result.reachable else context.log.warning)(result.summary)
         down = [result for result in health.values() if not result.reachable]
@@ -129,8 +130,8 @@ def _newest_whole_table_sync(
         for record in page.records:
             newest_id = record.storage_id if newest_id is None else newest_id
             materialization = record.asset_materialization
-            scope = materialization.metadata.get(SCOPE_KEY) if materialization is not None else None
-            if scope is None or getattr(scope, "value", scope) != "keys":
+            scope = materialization.metadata.get(SCOPE_METADATA_KEY) if materialization is not None else None
+            if scope is None or getattr(scope, "value", scope) != KEYS_SCOPE:
                 return record, newest_id
         if not page.has_more:
             return None, newest_id
@@ -182,13 +183,11 @@ def build_validate_after_sync_sensor() -> dg.SensorDefinition:
     return validate_after_sync_sensor
 
 
-def build_sensors(
-    settings: SyncSettings, product_sync_job: dg.JobDefinition, cart_sync_job: dg.JobDefinition
-) -> list[dg.SensorDefinition]:
-    """The health sensor, the validation-after-sync sensor and the two change sensors."""
+def build_sensors(settings: SyncSettings, sync_jobs: Mapping[str, dg.JobDefinition]) -> list[dg.SensorDefinition]:
+    """The health sensor, the validation-after-sync sensor and each pipeline's change sensor (`sync_jobs`: each
+    pipeline's job, by pipeline name)."""
     return [
         build_databases_health_sensor(settings),
         build_validate_after_sync_sensor(),
-        build_product_changes_sensor(settings, product_sync_job),
-        build_cart_changes_sensor(settings, cart_sync_job),
+        *(pipeline.changes_sensor(settings, sync_jobs[pipeline.name]) for pipeline in PIPELINES),
     ]

@@ -1,9 +1,17 @@
-"""The run tags the service sets and reads, in one place, and the run keys of the change sensors."""
+"""The run tags and statuses the service sets and reads, in one place, and the run keys of the change sensors."""
 
 import hashlib
 
 import dagster as dg
 
+#: Statuses of a run that has not finished yet.
+IN_FLIGHT_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 #: `products`, `carts` or `full`: dagster.yaml's run queue lets one run per value through.
 PIPELINE_TAG = "etl-sync/pipeline"
 #: What started a run, when it was not a person (`schedule`, or one of the change sensors' values below).

@@ -11,7 +11,7 @@ import psycopg
 from bson import ObjectId
 from pymongo.database import Database
 
-from etl_defs.carts.endpoints import CART_COLUMNS, CART_TABLE
+from etl_defs.carts.table import CART_COLUMNS, CART_TABLE
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, SELECT_PRODUCTS_SQL, ProductRow
 from resources.postgres import copy_rows
 

@@ -6,18 +6,10 @@ import psycopg
 from pymongo import ASCENDING
 from pymongo.database import Database
 
+from etl_defs.carts.table import ORDER_CART_INDEXES, ORDER_CARTS, cart_table_ddl
 from etl_defs.products.table import product_table_ddl
 
-CART_SCHEMA_SQL = f"""
-{product_table_ddl()};
-CREATE TABLE IF NOT EXISTS cart (
-    id uuid PRIMARY KEY,
-    quantity integer NOT NULL DEFAULT 1,
-    "userId" varchar NOT NULL,
-    version integer NOT NULL,
-    "productId" varchar NOT NULL REFERENCES product(id)
-);
-"""
+CART_SCHEMA_SQL = f"{product_table_ddl()};\n{cart_table_ddl()};\n"
 
 
 def create_cart_schema(conn: psycopg.Connection) -> None:
@@ -28,6 +20,6 @@ def create_cart_schema(conn: psycopg.Connection) -> None:
 
 def create_order_indexes(order_db: Database) -> None:
     """Create the Order service's `carts` indexes: `cartId` unique, `userId`."""
-    carts = order_db["carts"]
-    carts.create_index([("cartId", ASCENDING)], unique=True, name="cartId_1")
-    carts.create_index([("userId", ASCENDING)], name="userId_1")
+    carts = order_db[ORDER_CARTS]
+    for name, field, unique in ORDER_CART_INDEXES:
+        carts.create_index([(field, ASCENDING)], unique=unique, name=name)

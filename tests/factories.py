@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 from bson import ObjectId
 
+from etl_defs.carts.table import CartTableRow
 from etl_defs.products.table import ProductRow
 
 _counter = itertools.count(1)
@@ -70,17 +71,7 @@ def new_product(**overrides: Any) -> ProductRow:
     return ProductRow(**values)
 
 
-class Cart(NamedTuple):
-    """A Cart DB `cart` row, in column order."""
-
-    id: str
-    quantity: int
-    userId: str  # noqa: N815 - the Cart service's column names
-    version: int
-    productId: str  # noqa: N815
-
-
-def new_cart(product: ProductRow | str, **overrides: Any) -> Cart:
+def new_cart(product: ProductRow | str, **overrides: Any) -> CartTableRow:
     """A valid `cart` row holding `product` (a row, or just its id)."""
     values = {
         "id": str(uuid.uuid4()),
@@ -90,10 +81,10 @@ def new_cart(product: ProductRow | str, **overrides: Any) -> Cart:
         "productId": product if isinstance(product, str) else product.id,
     }
     values.update(overrides)
-    return Cart(**values)
+    return CartTableRow(**values)
 
 
-def expected_doc(cart: Cart, product: ProductRow) -> dict[str, Any]:
+def expected_doc(cart: CartTableRow, product: ProductRow) -> dict[str, Any]:
     """The Order document the contract says a cart becomes (written out by hand, not via transform)."""
     return {
         "cartId": cart.id,

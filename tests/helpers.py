@@ -30,7 +30,7 @@ from dagster._daemon.monitoring.run_monitoring import monitor_started_run as _mo
 from pymongo import monitoring
 
 import etl_defs
-from etl_defs.carts.endpoints import CART_COLUMNS, CART_TABLE
+from etl_defs.carts.table import CART_COLUMNS, CART_TABLE
 from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE
 from etl_defs.settings import load_settings
 from resources.postgres import copy_rows

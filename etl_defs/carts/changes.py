@@ -12,14 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from etl_defs.carts.table import CART_TABLE
+from etl_defs.products.table import PRODUCT_TABLE
+
 #: `table public.cart: UPDATE: id[uuid]:'…' quantity[integer]:2 …` (and `TRUNCATE: (no-flags)`).
 _CHANGE = re.compile(r"^table (?P<schema>[^ ]+)\.(?P<table>[^ :]+): (?P<op>INSERT|UPDATE|DELETE|TRUNCATE):")
 #: The `id` column, first in both tables, after the operation (or an UPDATE's old key and new tuple).
 _ID = re.compile(r"(?:(?:INSERT|UPDATE|DELETE): |old-key: |new-tuple: )id\[[^\]]*\]:'((?:[^']|'')*)'")
 #: `COMMIT 730 (at 2026-12-02 05:30:00.123456+00)`.
 _COMMIT = re.compile(r"^COMMIT(?: \d+)?(?: \(at (?P<at>[^)]+)\))?$")
-
-CART_TABLE, PRODUCT_TABLE = "cart", "product"
 
 
 @dataclass

@@ -13,28 +13,15 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
 
+from etl_defs.carts.table import CART_COLUMN_TYPES, CART_ID_INDEX, CART_TABLE, ORDER_CARTS
 from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow, JoinedCart, cart_doc_key, version_number
 from etl_defs.products.endpoints import product_schema_problems
 from etl_defs.sync import WHOLE_TABLE, BatchPlan, Rejection, SyncScope, WriteResult, uuid_points
 from resources import MongoResource, PostgresResource
 from resources.postgres import column_type_problems
 
-ORDER_CARTS = "carts"
-#: The Order service's unique index on `cartId`; the target scan walks it (`hint`).
-CART_ID_INDEX = "cartId_1"
 #: MongoDB's duplicate-key error codes.
 DUPLICATE_KEY_CODES = frozenset({11000, 11001, 12582})
-
-CART_TABLE = "cart"
-#: The Cart DB's `cart` columns, in the Cart service's order, with their information_schema types.
-CART_COLUMN_TYPES = {
-    "id": "uuid",
-    "quantity": "integer",
-    "userId": "character varying",
-    "version": "integer",
-    "productId": "character varying",
-}
-CART_COLUMNS = tuple(CART_COLUMN_TYPES)
 
 _SELECT = (
     'SELECT c.id::text, c."userId", c."productId", c.quantity, c.version, p.id IS NOT NULL, '

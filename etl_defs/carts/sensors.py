@@ -7,16 +7,19 @@ the slot once its writes committed. How it keeps nothing lost: docs/automation.m
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 from etl_defs.carts.changes import parse_changes
 from etl_defs.carts.endpoints import carts_holding
-from etl_defs.schedules import IN_FLIGHT_STATUSES
+from etl_defs.run_config import CartSyncOpConfig
 from etl_defs.settings import SyncSettings
 from etl_defs.tags import (
     CART_CHANGES_FULL_TRIGGER,
     CART_CHANGES_TRIGGER,
     CART_SLOT_LOST_TRIGGER,
+    IN_FLIGHT_STATUSES,
     OLDEST_CHANGE_TAG,
     TRIGGER_TAG,
     run_key,
@@ -143,15 +146,16 @@ def _tick(context: dg.SensorEvaluationContext, cart_db: PostgresResource, job_na
         )
         context.log.info(f"{summary}; {why}: requesting a full cart_sync_job that advances the slot")
         full_tags = {**sensor_run_tags(CHANGES_FULL_TRIGGER, keyed=False), **tags}
-        return _request(run_key(CHANGES_FULL_TRIGGER, *span), {"advance_slot_to": changes.up_to_lsn}, full_tags)
+        config = CartSyncOpConfig.launch_config(advance_slot_to=changes.up_to_lsn)
+        return _request(run_key(CHANGES_FULL_TRIGGER, *span), config, full_tags)
     context.log.info(f"{summary}: requesting a sync of {len(carts)} carts")
-    config = {"keys": sorted(carts), "advance_slot_to": changes.up_to_lsn}
+    config = CartSyncOpConfig.launch_config(keys=sorted(carts), advance_slot_to=changes.up_to_lsn)
     return _request(
         run_key(CART_CHANGES_TRIGGER, *span), config, {**sensor_run_tags(CART_CHANGES_TRIGGER, keyed=True), **tags}
     )
 
 
-def _request(run_key: str, run_config: dict, tags: dict[str, str]) -> dg.SensorResult:
+def _request(run_key: str, run_config: dict[str, Any], tags: dict[str, str]) -> dg.SensorResult:
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, run_config=run_config, tags=tags)])
 
 
@@ -163,4 +167,4 @@ def _slot_lost(context: dg.SensorEvaluationContext, cart_db: PostgresResource, w
         f"{why}; recreated it at {lsn} and requesting a full cart_sync_job for the changes it can no longer give"
     )
     # Not asked again by this sensor once the slot is recreated: Dagster's run retries take a failed one again.
-    return _request(run_key(SLOT_LOST_TRIGGER, lsn), {}, {TRIGGER_TAG: SLOT_LOST_TRIGGER})
+    return _request(run_key(SLOT_LOST_TRIGGER, lsn), CartSyncOpConfig.launch_config(), {TRIGGER_TAG: SLOT_LOST_TRIGGER})

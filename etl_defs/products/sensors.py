@@ -23,6 +23,7 @@ from etl_defs.products.changes import (
     token_from_text,
     token_text,
 )
+from etl_defs.run_config import ProductSyncOpConfig
 from etl_defs.settings import SyncSettings
 from etl_defs.tags import (
     OLDEST_CHANGE_TAG,
@@ -111,7 +112,7 @@ def keyed_run_request(changes: ProductChanges, keys: set[str], retried: list[dg.
         run_key=run_key(
             CHANGES_TRIGGER, token_text(changes.start), token_text(changes.end), *sorted(r.run_id for r in retried)
         ),
-        run_config={"keys": sorted(keys)},
+        run_config=ProductSyncOpConfig.launch_config(keys=sorted(keys)),
         tags={**sensor_run_tags(CHANGES_TRIGGER, keyed=True), OLDEST_CHANGE_TAG: oldest.isoformat()},
     )
 
@@ -201,6 +202,7 @@ def _history_lost(
         run_requests=[
             dg.RunRequest(
                 run_key=run_key(HISTORY_LOST_TRIGGER, token_text(token)),
+                run_config=ProductSyncOpConfig.launch_config(),
                 tags={TRIGGER_TAG: HISTORY_LOST_TRIGGER},
             )
         ],

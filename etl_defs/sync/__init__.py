@@ -4,10 +4,12 @@ and how a sync splits into key ranges (`ranges`)."""
 from etl_defs.sync.plan import BatchPlan, Change, KeyOrderError, Rejection, SyncSpec, plan_batches
 from etl_defs.sync.ranges import MAX_PARALLELISM, WHOLE_RANGE, KeyRange, even_points, ranges_between, uuid_points
 from etl_defs.sync.runner import SyncEndpoints, SyncReport, SyncStopped, WriteResult, run_sync
-from etl_defs.sync.scope import WHOLE_TABLE, SyncScope
+from etl_defs.sync.scope import KEYS_SCOPE, SCOPE_METADATA_KEY, WHOLE_TABLE, SyncScope
 
 __all__ = [
+    "KEYS_SCOPE",
     "MAX_PARALLELISM",
+    "SCOPE_METADATA_KEY",
     "WHOLE_RANGE",
     "WHOLE_TABLE",
     "BatchPlan",

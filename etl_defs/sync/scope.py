@@ -12,6 +12,10 @@ from dataclasses import dataclass, replace
 
 from etl_defs.sync.ranges import WHOLE_RANGE, KeyRange
 
+#: What a sync covers (`SyncScope.kind`), recorded with each materialization under `SCOPE_METADATA_KEY`.
+TABLE_SCOPE, USER_SCOPE, KEYS_SCOPE = "table", "user", "keys"
+SCOPE_METADATA_KEY = "scope"
+
 
 @dataclass(frozen=True, slots=True)
 class SyncScope:
@@ -48,8 +52,8 @@ class SyncScope:
     def kind(self) -> str:
         """`table`, `user` or `keys`: recorded with each materialization."""
         if self.keys is not None:
-            return "keys"
-        return "user" if self.user_id is not None else "table"
+            return KEYS_SCOPE
+        return USER_SCOPE if self.user_id is not None else TABLE_SCOPE
 
     def describe(self) -> str:
         """What the scope covers, for logs."""

@@ -84,14 +84,14 @@ def start_job(faults: FaultStack, instance: dg.DagsterInstance) -> Iterator[Star
 @pytest.fixture()
 def short_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same retries with 0.25s base backoff instead of 2s, for faults that outlast them all."""
-    monkeypatch.setattr("etl_defs.ops.RETRY_BASE_DELAY_S", 0.25)
+    monkeypatch.setattr("etl_defs.steps.retries.RETRY_BASE_DELAY_S", 0.25)
 
 
 @pytest.fixture()
 def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """No retries, for a MongoDB that stays down: each attempt would wait its 5s server
     selection timeout for nothing (the PostgreSQL tests go through every retry)."""
-    monkeypatch.setattr("etl_defs.ops.MAX_CONNECTION_RETRIES", 0)
+    monkeypatch.setattr("etl_defs.steps.retries.MAX_CONNECTION_RETRIES", 0)
 
 
 #: Never, in practice: the schedules and the health check run (ENABLE_SCHEDULER) but do not tick during a test.

@@ -20,10 +20,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from etl_defs.carts.table import CartTableRow
 from etl_defs.products.table import SELECT_PRODUCTS_SQL, ProductRow
 from etl_defs.run_launcher import worker_pid
 from etl_defs.tags import CART_CHANGES_TRIGGER, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
-from tests.factories import Cart, expected_doc, expected_row, new_cart, product_doc
+from tests.factories import expected_doc, expected_row, new_cart, product_doc
 from tests.faults.helpers import FaultStack, Orchestrator, write_held_mid_statement
 from tests.helpers import copy_carts, copy_products, defs, run_failure_message, settings, wait_until
 
@@ -153,7 +154,7 @@ def expected_carts(faults: FaultStack) -> dict[str, dict[str, Any]]:
             'p.id, p.title, p.price, p.image, p."sellerId", p.quantity '
             'FROM cart c JOIN product p ON p.id = c."productId"'
         ).fetchall()
-    return {row[0]: expected_doc(Cart(*row[:5]), ProductRow(*row[5:])) for row in rows}
+    return {row[0]: expected_doc(CartTableRow(*row[:5]), ProductRow(*row[5:])) for row in rows}
 
 
 def slot_position(faults: FaultStack) -> tuple[bool, int]:

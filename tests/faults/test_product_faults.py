@@ -13,7 +13,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from etl_defs import ops
+from etl_defs.steps import retries as step_retries
+from etl_defs.steps.checkpoints import CHECKPOINT_KEY
 from tests.faults.helpers import (
     FaultStack,
     JobInThread,
@@ -62,7 +63,7 @@ def test_postgres_stopped_mid_write(faults: FaultStack, start_job: StartJob, sho
     message = step_failure_message(result, "sync_product_range")
     assert_names_the_database(message, f"Cart PostgreSQL (127.0.0.1:{faults.main.state.pg_port}/cart) is unavailable")
     assert "gave up after 3 retries" in message
-    assert retries(result, "sync_product_range[range_1_of_1]") == ops.MAX_CONNECTION_RETRIES
+    assert retries(result, "sync_product_range[range_1_of_1]") == step_retries.MAX_CONNECTION_RETRIES
     faults.ensure_up()
     assert scenario.assert_stopped_part_way(3) == committed  # the batch in flight was rolled back
 
@@ -165,7 +166,7 @@ def test_a_retry_resumes_after_the_last_written_batch_and_reports_the_whole_run(
     scenario.assert_converged()
     logged = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
     observed = [entry.dagster_event.asset_observation_data.asset_observation for entry in logged]
-    [checkpoint] = [o.metadata[ops.CHECKPOINT_KEY].value for o in observed if ops.CHECKPOINT_KEY in o.metadata]
+    [checkpoint] = [o.metadata[CHECKPOINT_KEY].value for o in observed if CHECKPOINT_KEY in o.metadata]
     assert checkpoint["batches"] >= 3 and checkpoint["inserted"] + checkpoint["updated"] > 0
     resumed = f"products sync resumes after key {checkpoint['resume_after']!r}"
     assert any(resumed in entry.user_message for entry in instance.all_logs(result.run_id)), resumed

@@ -16,8 +16,9 @@ import psycopg
 import pytest
 
 from etl_defs.carts.sensors import CHANGES_FULL_TRIGGER, MAX_KEYS_PER_RUN, SLOT_LOST_TRIGGER
+from etl_defs.carts.table import CartTableRow
 from etl_defs.definitions import build_definitions
-from etl_defs.jobs import InvalidRunConfigError
+from etl_defs.run_config import InvalidRunConfigError
 from etl_defs.tags import (
     CART_CHANGES_TRIGGER,
     KEYED_REPAIR_MAX_RUNTIME_S,
@@ -28,7 +29,7 @@ from etl_defs.tags import (
 )
 from local.stack import CART_DB, MAX_SLOT_WAL_KEEP_SIZE, LocalStack, free_port
 from resources import PostgresResource
-from tests.factories import Cart, expected_doc, new_cart, new_product
+from tests.factories import expected_doc, new_cart, new_product
 from tests.helpers import copy_carts, copy_products, defs, monitor_started_run, run_failure_message, settings
 from tests.integration.helpers import LogLines, started_on_this_machine, sync_lock_held_elsewhere
 from tests.session import Databases
@@ -89,12 +90,12 @@ def order_docs(dbs: Databases) -> dict[str, dict[str, Any]]:
     return {doc["cartId"]: doc for doc in dbs.order_db.carts.find({}, {"_id": 0, "createdAt": 0, "updatedAt": 0})}
 
 
-def insert_carts(dbs: Databases, *carts: Cart) -> None:
+def insert_carts(dbs: Databases, *carts: CartTableRow) -> None:
     with dbs.cart_conn() as conn:
         copy_carts(conn, carts)
 
 
-def in_step(dbs: Databases, instance: dg.DagsterInstance, carts: int = 8) -> tuple[list, list[Cart]]:
+def in_step(dbs: Databases, instance: dg.DagsterInstance, carts: int = 8) -> tuple[list, list[CartTableRow]]:
     """Products and carts in the Cart DB, copied into the Order DB by a full cart sync."""
     products = [new_product() for _ in range(3)]
     with dbs.cart_conn() as conn:

@@ -18,15 +18,16 @@ from pymongo.collection import Collection
 
 from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints
-from etl_defs.carts.ops import CART_SYNC
-from etl_defs.jobs import InvalidRunConfigError
+from etl_defs.carts.pipeline import CART_SYNC
+from etl_defs.carts.table import CartTableRow
 from etl_defs.products.table import ProductRow
+from etl_defs.run_config import InvalidRunConfigError
 from etl_defs.sync import SyncScope, plan_batches, run_sync
 from local.demo_data import DEMO_USER, seed_carts, seed_products
 from local.report import CART_JOIN_SQL, cart_drift
 from local.stack import CART_DB, ORDER_DB
 from resources import MongoResource, PostgresResource
-from tests.factories import Cart, expected_doc, new_cart, new_product
+from tests.factories import expected_doc, new_cart, new_product
 from tests.helpers import MongoCommand, copy_carts, copy_products, defs, mongo_commands
 from tests.integration.helpers import sync_lock_held_elsewhere
 from tests.session import Databases
@@ -39,7 +40,7 @@ def insert_products(dbs: Databases, *products: ProductRow) -> None:
         copy_products(conn, products)
 
 
-def insert_carts(dbs: Databases, *carts: Cart, without_product_check: bool = False) -> None:
+def insert_carts(dbs: Databases, *carts: CartTableRow, without_product_check: bool = False) -> None:
     """Cart rows; `without_product_check` lets a cart name a product row that does not exist."""
     with dbs.cart_conn() as conn:
         if without_product_check:
@@ -96,15 +97,15 @@ class Drift:
     """One cart of every class, and the documents the Order DB should hold after a sync."""
 
     products: dict[str, ProductRow]
-    missing: Cart
-    outdated: Cart
-    changed: Cart
-    unchanged: Cart
-    newer: Cart
+    missing: CartTableRow
+    outdated: CartTableRow
+    changed: CartTableRow
+    unchanged: CartTableRow
+    newer: CartTableRow
     newer_doc: dict[str, Any]
     orphan_doc: dict[str, Any]
-    no_product: Cart
-    zero_quantity: Cart
+    no_product: CartTableRow
+    zero_quantity: CartTableRow
 
 
 def plant_drift(dbs: Databases, user: str = "user-1") -> Drift:

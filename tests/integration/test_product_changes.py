@@ -17,9 +17,8 @@ from bson import ObjectId
 
 from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.definitions import build_definitions
-from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.products.sensors import CHANGES_TRIGGER, HISTORY_LOST_TRIGGER, MAX_KEYS_PER_RUN, ChangesCursor
-from etl_defs.run_config import MAX_SYNC_KEYS
+from etl_defs.run_config import MAX_SYNC_KEYS, InvalidRunConfigError
 from etl_defs.tags import KEYED_REPAIR_MAX_RUNTIME_S, MAX_RETRIES_TAG, MAX_RUNTIME_TAG, OLDEST_CHANGE_TAG, TRIGGER_TAG
 from tests.factories import expected_row, product_doc
 from tests.helpers import copy_products, defs, mongo_commands, monitor_started_run, run_failure_message, settings

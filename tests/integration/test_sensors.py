@@ -15,7 +15,8 @@ from etl_defs.assets import CART_DB_CART, CART_DB_PRODUCT, ORDER_DB_CARTS, PRODU
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
 from etl_defs.health import REACHABILITY_CHECK_KEYS
-from etl_defs.sensors import VALIDATES_RUN_TAG, health_check_due
+from etl_defs.sensors import health_check_due
+from etl_defs.tags import VALIDATES_RUN_TAG
 from tests.factories import product_doc
 from tests.helpers import defs, settings
 from tests.integration.helpers import dagster_job_execute, run_id_of

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etl_defs.carts import transform
-from etl_defs.carts.ops import CART_SYNC
+from etl_defs.carts.pipeline import CART_SYNC
 from etl_defs.carts.transform import CartRow, JoinedCart, compare_carts, transform_cart
 from etl_defs.sync import Change, Rejection, plan_batches
 
