@@ -88,7 +88,7 @@ def build_drift_checks(pipeline: SyncPipeline, settings: SyncSettings) -> dg.Ass
         specs=[check.spec for check in pipeline.checks],
         can_subset=True,
         required_resource_keys=set(keys),
-        description=pipeline.describe.checks,
+        description=pipeline.descriptions.checks,
     )
     def validate(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
         databases = {key: getattr(context.resources, key) for key in keys}

@@ -44,7 +44,7 @@ def build_sync_job(pipeline: SyncPipeline, settings: SyncSettings) -> dg.JobDefi
         config=sync_config,
         tags=job_tags(settings, pipeline.name),
         executor_def=sync_executor(settings),
-        description=pipeline.describe.job,
+        description=pipeline.descriptions.job,
     )
     def sync_job() -> None:
         steps.compose(ready=steps.check())

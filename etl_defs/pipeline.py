@@ -65,8 +65,6 @@ class StepDescriptions:
 class SyncPipeline:
     """Everything that makes one sync pipeline what it is."""
 
-    #: `products`: the sync's name in reports, its advisory lock and its run queue tag.
-    name: str
     #: `product`: its ops are `check_product_sync_ready`, `split_product_sync`, `sync_product_range`, ...
     noun: str
     spec: SyncSpec
@@ -84,7 +82,7 @@ class SyncPipeline:
     batch_size_setting: str
     cron_setting: str
     checks: tuple[DriftCheck, ...]
-    describe: StepDescriptions
+    descriptions: StepDescriptions
     #: Its endpoints over `scope` (`config` is None for the read-only plan of the drift checks).
     endpoints: Callable[[Databases, SyncScope, SyncOpConfig | None], SyncEndpoints]
     #: What is wrong with its tables and indexes for the sync (empty when fine).
@@ -93,6 +91,11 @@ class SyncPipeline:
     changes_sensor: Callable[[SyncSettings, dg.JobDefinition], dg.SensorDefinition]
     #: Run by the report step after the figures are summed (the cart sync advances its replication slot).
     after_report: Callable[[dg.OpExecutionContext, Any, Databases], None] | None = None
+
+    @property
+    def name(self) -> str:
+        """`products` (its spec's name): the sync's name in reports, its advisory lock and its run queue tag."""
+        return self.spec.name
 
     @property
     def job_name(self) -> str:
@@ -145,7 +148,7 @@ def build_sync_steps(pipeline: SyncPipeline) -> SyncSteps:
     noun, config_model, keys = pipeline.noun, pipeline.config, pipeline.databases
     lock_keys = tuple(dict.fromkeys((*keys, pipeline.lock_db)))
 
-    @dg.op(name=f"check_{noun}_sync_ready", required_resource_keys=set(keys), description=pipeline.describe.check)
+    @dg.op(name=f"check_{noun}_sync_ready", required_resource_keys=set(keys), description=pipeline.descriptions.check)
     def check_ready(context: dg.OpExecutionContext) -> None:
         databases = _databases(context, keys)
         source, target = (databases[key] for key in keys)
@@ -162,7 +165,7 @@ def build_sync_steps(pipeline: SyncPipeline) -> SyncSteps:
         ins={"ready": dg.In(dg.Nothing)},
         out=dg.DynamicOut(KeyRange),
         required_resource_keys=set(keys),
-        description=pipeline.describe.split,
+        description=pipeline.descriptions.split,
     )
     def split(context: dg.OpExecutionContext, config: config_model) -> Iterator[dg.DynamicOutput[KeyRange]]:
         endpoints = pipeline.endpoints(_databases(context, keys), config.scope(), config)
@@ -172,7 +175,7 @@ def build_sync_steps(pipeline: SyncPipeline) -> SyncSteps:
         name=f"sync_{noun}_range",
         pool=pipeline.pool,
         required_resource_keys=set(lock_keys),
-        description=pipeline.describe.sync_range,
+        description=pipeline.descriptions.sync_range,
     )
     def sync_range(context: dg.OpExecutionContext, config: config_model, key_range: KeyRange) -> dg.Output[RangeResult]:
         databases = _databases(context, lock_keys)
@@ -188,13 +191,13 @@ def build_sync_steps(pipeline: SyncPipeline) -> SyncSteps:
 
     report_keys = set(keys) if pipeline.after_report is not None else set()
 
-    @dg.op(name=f"report_{noun}_sync", required_resource_keys=report_keys, description=pipeline.describe.report)
+    @dg.op(name=f"report_{noun}_sync", required_resource_keys=report_keys, description=pipeline.descriptions.report)
     def report(
         context: dg.OpExecutionContext, config: config_model, ranges: list[RangeResult]
     ) -> dg.Output[dict[str, Any]]:
         output = report_sync_op(
             context,
-            pipeline=pipeline.spec.name,
+            pipeline=pipeline.name,
             dry_run=config.dry_run,
             scope=config.scope(),
             results=ranges,

@@ -79,7 +79,6 @@ def advance_slot(context: dg.OpExecutionContext, config: CartSyncOpConfig, datab
 
 
 CART_PIPELINE = SyncPipeline(
-    name=CART_SYNC.name,
     noun="cart",
     spec=CART_SYNC,
     config=CartSyncOpConfig,
@@ -91,7 +90,7 @@ CART_PIPELINE = SyncPipeline(
     batch_size_setting="cart_sync_batch_size",
     cron_setting="cart_sync_cron_schedule",
     checks=CART_CHECKS,
-    describe=StepDescriptions(
+    descriptions=StepDescriptions(
         job=(
             "Copy carts (joined with their products) from the Cart PostgreSQL into the Order MongoDB: insert "
             "missing, update outdated and changed under a version guard, never overwrite a newer cart."

@@ -58,7 +58,6 @@ def _schema_problems(databases: Databases) -> list[str]:
 
 
 PRODUCT_PIPELINE = SyncPipeline(
-    name=PRODUCT_SYNC.name,
     noun="product",
     spec=PRODUCT_SYNC,
     config=ProductSyncOpConfig,
@@ -70,7 +69,7 @@ PRODUCT_PIPELINE = SyncPipeline(
     batch_size_setting="sync_batch_size",
     cron_setting="sync_cron_schedule",
     checks=PRODUCT_CHECKS,
-    describe=StepDescriptions(
+    descriptions=StepDescriptions(
         job="Copy products from the Product MongoDB into the Cart PostgreSQL: insert missing, update changed.",
         check="Check that the Product MongoDB and the Cart PostgreSQL answer and the product table fits.",
         split="Cut the product sync into `parallelism` key ranges of about equal size (from a sample of _ids).",

@@ -112,3 +112,26 @@ def test_parallelism_is_bounded() -> None:
             InvalidRunConfigError, match=rf"invalid run config: parallelism={bad}: .*\(allowed: 1 to 64\)"
         ):
             job.config_mapping.resolve_from_unvalidated_config({"parallelism": bad})  # type: ignore[union-attr]
+
+
+def test_a_run_that_leaves_batch_size_unset_gets_its_pipelines_setting() -> None:
+    defs = build_definitions(load_settings(ENV))
+
+    for job_name, config, expected in [
+        ("product_sync_job", {"batch_size": None}, {"sync_product_range": 250}),
+        ("cart_sync_job", {"batch_size": None}, {"sync_cart_range": 75}),
+        ("full_sync_job", {}, {"sync_product_range": 250, "sync_cart_range": 75}),
+        ("full_sync_job", {"batch_size": 40}, {"sync_product_range": 40, "sync_cart_range": 40}),
+    ]:
+        job = defs.resolve_job_def(job_name)
+        mapped = job.config_mapping.resolve_from_unvalidated_config(config)  # type: ignore[union-attr]
+        assert {op: mapped["ops"][op]["config"]["batch_size"] for op in expected} == expected, job_name
+
+
+def test_a_sensors_run_config_is_checked_by_the_model_and_carries_only_what_it_sets() -> None:
+    config = CartSyncOpConfig.launch_config(keys=["7D8B6F0E-1C2A-4B3D-9E8F-0A1B2C3D4E5F"], advance_slot_to="0/15302A0")
+
+    assert config == {"keys": ["7d8b6f0e-1c2a-4b3d-9e8f-0a1b2c3d4e5f"], "advance_slot_to": "0/15302A0"}
+    assert ProductSyncOpConfig.launch_config() == {}
+    with pytest.raises(ValueError, match="is not a PostgreSQL LSN"):
+        CartSyncOpConfig.launch_config(advance_slot_to="15302A0")
