@@ -10,6 +10,16 @@ from etl_defs.run_config import KEYED_CART_FIELDS, SyncOpConfig, allowed, launch
 from etl_defs.settings import SyncSettings
 from etl_defs.tags import MAX_RUNTIME_TAG, PIPELINE_TAG
 
+
+class InvalidRunConfigError(dg.DagsterError):
+    """A run config value is out of range; raised by a job's config mapping, before the run starts.
+
+    A `dg.DagsterError`, so that Dagster passes it on as it is (the terminal's last line, the
+    UI's launch error) instead of wrapping it in "the config mapping function has thrown an
+    unexpected error".
+    """
+
+
 #: `full_sync_job`'s run queue tag value.
 FULL_SYNC = "full"
 
@@ -24,7 +34,10 @@ def _steps_config(
 ) -> dict[str, Any]:
     """Each of the pipeline's configured ops' config: `config` validated by its model, the batch size its own
     setting where the run leaves it unset."""
-    validated = pipeline.config.validated(config, pipeline.batch_size(settings)).model_dump()
+    try:
+        validated = pipeline.config.validated(config, pipeline.batch_size(settings)).model_dump()
+    except ValueError as refused:
+        raise InvalidRunConfigError(str(refused)) from None
     return {op.name: {"config": validated} for op in steps.configured}
 
 

@@ -47,15 +47,6 @@ def _is_uuid(key: str) -> bool:
         return False
 
 
-class InvalidRunConfigError(dg.DagsterError):
-    """A run config value is out of range; raised before the run starts.
-
-    A `dg.DagsterError`, so that Dagster passes it on as it is (the terminal's last line, the
-    UI's launch error) instead of wrapping it in "the config mapping function has thrown an
-    unexpected error".
-    """
-
-
 class SyncOpConfig(dg.Config):
     """Run config every sync takes."""
 
@@ -77,7 +68,8 @@ class SyncOpConfig(dg.Config):
     @classmethod
     def validated(cls, config: dict[str, Any], batch_size: int) -> "SyncOpConfig":
         """`config` (the fields of this model in it) checked, with `batch_size` where it leaves it unset; a bad
-        value is refused here, before the run starts, naming the field and its allowed range."""
+        value raises a ValueError that names the field and its allowed range (the config mapping refuses the run
+        with it, before the run starts)."""
         fields = {name: config[name] for name in cls.model_fields if config.get(name) is not None}
         try:
             return cls(**{"batch_size": batch_size, **fields})
@@ -90,7 +82,7 @@ class SyncOpConfig(dg.Config):
                     continue
                 name = str(problem["loc"][0])
                 problems.append(f"{name}={_shown(fields.get(name))}: {message}{allowed(cls, name)}")
-            raise InvalidRunConfigError(f"invalid run config: {'; '.join(problems)}") from None
+            raise ValueError(f"invalid run config: {'; '.join(problems)}") from None
 
     @classmethod
     def launch_config(cls, **fields: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 from etl_defs.carts.sensors import CHANGES_FULL_TRIGGER, MAX_KEYS_PER_RUN, SLOT_LOST_TRIGGER
 from etl_defs.carts.table import CartTableRow
 from etl_defs.definitions import build_definitions
-from etl_defs.run_config import InvalidRunConfigError
+from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.tags import (
     CART_CHANGES_TRIGGER,
     KEYED_REPAIR_MAX_RUNTIME_S,

@@ -20,8 +20,8 @@ from etl_defs.assets import ORDER_DB_CARTS
 from etl_defs.carts.endpoints import CartSyncEndpoints
 from etl_defs.carts.pipeline import CART_SYNC
 from etl_defs.carts.table import CartTableRow
+from etl_defs.jobs import InvalidRunConfigError
 from etl_defs.products.table import ProductRow
-from etl_defs.run_config import InvalidRunConfigError
 from etl_defs.sync import SyncScope, plan_batches, run_sync
 from local.demo_data import DEMO_USER, seed_carts, seed_products
 from local.report import CART_JOIN_SQL, cart_drift

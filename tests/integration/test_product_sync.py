@@ -10,7 +10,7 @@ import pytest
 from bson import ObjectId
 
 from etl_defs.assets import CART_DB_PRODUCT
-from etl_defs.run_config import InvalidRunConfigError
+from etl_defs.jobs import InvalidRunConfigError
 from tests.factories import DROP, expected_row, product_doc
 from tests.helpers import copy_products, defs
 from tests.session import Databases

@@ -8,14 +8,8 @@ import dagster as dg
 import pytest
 
 from etl_defs.definitions import build_definitions
-from etl_defs.run_config import (
-    KEYED_CART_FIELDS,
-    MAX_SYNC_KEYS,
-    CartSyncOpConfig,
-    InvalidRunConfigError,
-    ProductSyncOpConfig,
-    SyncOpConfig,
-)
+from etl_defs.jobs import InvalidRunConfigError
+from etl_defs.run_config import KEYED_CART_FIELDS, MAX_SYNC_KEYS, CartSyncOpConfig, ProductSyncOpConfig, SyncOpConfig
 from etl_defs.settings import load_settings
 from etl_defs.sync import MAX_PARALLELISM
 
