@@ -22,10 +22,11 @@ import pytest
 
 from etl_defs.products.table import SELECT_PRODUCTS_SQL, ProductRow
 from etl_defs.run_launcher import worker_pid
+from etl_defs.settings import SyncSettings
 from etl_defs.tags import CART_CHANGES_TRIGGER, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
 from tests.factories import Cart, expected_doc, expected_row, new_cart, product_doc
 from tests.faults.helpers import FaultStack, Orchestrator, write_held_mid_statement
-from tests.helpers import copy_carts, copy_products, defs, run_failure_message, settings, wait_until
+from tests.helpers import copy_carts, copy_products, run_failure_message, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -156,22 +157,22 @@ def expected_carts(faults: FaultStack) -> dict[str, dict[str, Any]]:
     return {row[0]: expected_doc(Cart(*row[:5]), ProductRow(*row[5:])) for row in rows}
 
 
-def slot_position(faults: FaultStack) -> tuple[bool, int]:
+def slot_position(faults: FaultStack, slot: str) -> tuple[bool, int]:
     """Whether the cart slot exists, and how many bytes of WAL it holds back."""
     with faults.cart_conn() as conn:
         row = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots "
             "WHERE slot_name = %s",
-            (settings.cart_cdc_slot,),
+            (slot,),
         ).fetchone()
     return (row is not None, row[0] if row else 0)
 
 
-def slot_passed(faults: FaultStack, lsn: str) -> bool:
+def slot_passed(faults: FaultStack, slot: str, lsn: str) -> bool:
     with faults.cart_conn() as conn:
         row = conn.execute(
             "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
-            (lsn, settings.cart_cdc_slot),
+            (lsn, slot),
         ).fetchone()
     return bool(row and row[0])
 
@@ -211,8 +212,9 @@ class ChangeWriter(threading.Thread):
 
 
 def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_cart_run_writes(
-    faults: FaultStack, orchestrator: Orchestrator
+    faults: FaultStack, orchestrator: Orchestrator, defs: dg.Definitions, settings: SyncSettings
 ) -> None:
+    slot = settings.cart_cdc_slot
     docs = [product_doc() for _ in range(200)]
     faults.product_db.products.insert_many(docs)
     products = [ProductRow(*expected_row(doc)) for doc in docs]
@@ -229,7 +231,7 @@ def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_
 
     orchestrator.env["CART_SYNC_BATCH_SIZE"] = "20"  # a keyed run writes in many batches: a crash lands mid-write
     orchestrator.start()
-    wait_until("cart_changes_sensor created its slot", lambda: slot_position(faults)[0], RUN_START_S)
+    wait_until("cart_changes_sensor created its slot", lambda: slot_position(faults, slot)[0], RUN_START_S)
     wait_until("product_changes_sensor's first tick", lambda: orchestrator.sensor_ticks(SENSOR) > 0, RUN_START_S)
 
     writer = ChangeWriter(faults, busy_carts, docs[50:])
@@ -255,7 +257,7 @@ def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_
         lambda: (
             product_rows(faults) == expected_products(faults)
             and order_docs(faults, _id=0, createdAt=0, updatedAt=0) == expected_carts(faults)
-            and slot_passed(faults, writer.last_lsn)
+            and slot_passed(faults, slot, writer.last_lsn)
         ),
         timeout=300,
         every=1,
@@ -280,8 +282,8 @@ def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_
         by_kind[kind] = by_kind.get(kind, 0) + 1
     print(
         f"\ncart crash scenario: the keyed cart run {writing} was failed {failed_after:.1f}s after the new daemon "
-        f"started; converged {converged_after:.1f}s after the last write; slot holds {slot_position(faults)[1]} bytes "
-        f"of WAL; runs: {by_kind}"
+        f"started; converged {converged_after:.1f}s after the last write; slot holds "
+        f"{slot_position(faults, slot)[1]} bytes of WAL; runs: {by_kind}"
     )
 
 

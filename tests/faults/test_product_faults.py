@@ -17,6 +17,7 @@ from etl_defs import ops
 from tests.faults.helpers import (
     FaultStack,
     JobInThread,
+    ProductScenario,
     StartJob,
     assert_names_the_database,
     retries,
@@ -25,7 +26,6 @@ from tests.faults.helpers import (
     wait_until,
     write_held_mid_statement,
 )
-from tests.faults.scenarios import ProductScenario
 
 pytestmark = pytest.mark.faults
 
