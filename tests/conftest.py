@@ -3,6 +3,9 @@
 `servers` chooses their ports and folder, `service_env` points the service's variables at them,
 `stack` starts them on first use (pure unit tests need no server), and `defs` and `settings` are
 the code location as Dagster loads it in that environment.
+
+The slow kinds of test are marked by the fixture that makes them slow (`make test-fast` leaves
+them out), and the tests sharing a module's `dagster dev` run on one xdist worker.
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ from tests.helpers import (
     MongoCommandLog,
     RecordMongoCommands,
 )
+
+#: The fixtures that start Dagster's long-running processes, and the markers of the tests that use them.
+SLOW_FIXTURES = {
+    "dagster_dev": ("webserver", "daemon"),  # tests/integration/conftest.py, one per module
+    "ui": ("browser",),  # a headless Chromium on dagster_dev (test_ui_browser.py)
+    "orchestrator": ("daemon",),  # tests/faults/conftest.py
+    "alerting_orchestrator": ("daemon",),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        for fixture, markers in SLOW_FIXTURES.items():
+            if fixture in fixtures:
+                for marker in markers:
+                    item.add_marker(marker)
+        if "dagster_dev" in fixtures:
+            # One `dagster dev` per module (a module-scoped fixture): its tests stay on one worker (--dist loadgroup).
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @pytest.fixture(scope="session")
