@@ -131,6 +131,7 @@ def test_a_keyed_product_run_whose_worker_dies_alone_or_with_the_daemon_has_its_
 
 
 SENSOR = "product_changes_sensor"
+CART_SENSOR = "cart_changes_sensor"
 
 
 def started_keyed_runs(orchestrator: Orchestrator) -> list[dg.DagsterRun]:
@@ -186,6 +187,7 @@ class ChangeWriter(threading.Thread):
         self.faults, self.carts, self.products = faults, carts, products
         self.stop = threading.Event()
         self.last_write_at = 0.0
+        self.writes = 0  # seconds with changes
         self.last_lsn = "0/0"
         self.error: BaseException | None = None
 
@@ -205,6 +207,7 @@ class ChangeWriter(threading.Thread):
                         for doc in chance.sample(self.products, 3):
                             self.faults.product_db.products.update_one({"_id": doc["_id"]}, {"$inc": {"price": 7}})
                     self.last_write_at = time.monotonic()
+                    self.writes += 1
                     self.last_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
                     self.stop.wait(1)
         except BaseException as error:  # noqa: BLE001 - handed to the test thread
@@ -241,12 +244,23 @@ def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_
     finally:
         assert writer.error is None, writer.error
     orchestrator.crash()
-    crashed_at = time.monotonic()
-    time.sleep(10)
+    crashed_at, writes_at_crash = time.monotonic(), writer.writes
+    wait_until(
+        "4 seconds of changes with the daemon down (carts every second, products every fourth)",
+        lambda: writer.writes >= writes_at_crash + 4,
+        30,
+        0.2,
+    )
     orchestrator.start()
+    ticks = {sensor: orchestrator.sensor_ticks(sensor) for sensor in (SENSOR, CART_SENSOR)}
     failed_after = orchestrator.wait_for_status(writing, RUN.FAILURE, timeout=DEAD_RUN_FAILED_WITHIN_S)
     assert "the run's worker died" in run_failure_message(orchestrator.instance, writing)
-    time.sleep(15)  # the changes go on under the new daemon for a while
+    wait_until(
+        "the new daemon's change sensors each ticked twice while the changes went on",
+        lambda: all(orchestrator.sensor_ticks(sensor) >= before + 2 for sensor, before in ticks.items()),
+        RUN_START_S,
+        0.5,
+    )
     writer.stop.set()
     writer.join(timeout=30)
     assert writer.error is None, writer.error
