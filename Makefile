@@ -37,7 +37,8 @@ help:
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]"
+	# Bytecode now: with PYTHONDONTWRITEBYTECODE set (as on CI), every dagster process would compile its imports again.
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[test]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -89,11 +90,11 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # pytest-xdist workers, each with a SecantusDB and a PostgreSQL of its own. Most of the suite waits on servers,
-# daemons and sensor ticks, so more workers than cores pay. --dist loadgroup sends each test to the next free
-# worker, except that the tests of a module sharing its `dagster dev` stay together (tests/conftest.py).
+# daemons and sensor ticks, so more workers than cores pay. Whole modules go to the next free worker (a module's
+# `dagster dev` is started once), the slowest kinds first, in the order tests/conftest.py sorts them.
 TEST_WORKERS ?= 6
 FAST_TEST_WORKERS ?= 3
-PYTEST_PARALLEL = --dist loadgroup --durations=20
+PYTEST_PARALLEL = --dist loadfile --no-loadscope-reorder --durations=20
 
 test: install browser lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_PARALLEL)

@@ -5,7 +5,7 @@
 the code location as Dagster loads it in that environment.
 
 The slow kinds of test are marked by the fixture that makes them slow (`make test-fast` leaves
-them out), and the tests sharing a module's `dagster dev` run on one xdist worker.
+them out), and their modules run first.
 """
 
 from __future__ import annotations
@@ -44,17 +44,26 @@ SLOW_FIXTURES = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Markers from the fixtures, as each test is collected (before `-m` reads them)."""
+    fixtures = getattr(item, "fixturenames", ())
+    for fixture, markers in SLOW_FIXTURES.items():
+        if fixture in fixtures:
+            for marker in markers:
+                item.add_marker(marker)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with the slowest kinds of test first (minutes each, mostly waiting on a daemon), so that no xdist
+    worker starts one late (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order)."""
+
+    def kind(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("daemon") else 1 if item.get_closest_marker("faults") else 2
+
+    module_kind: dict[Path, int] = {}
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        for fixture, markers in SLOW_FIXTURES.items():
-            if fixture in fixtures:
-                for marker in markers:
-                    item.add_marker(marker)
-        if "dagster_dev" in fixtures:
-            # One `dagster dev` per module (a module-scoped fixture): its tests stay on one worker (--dist loadgroup).
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        module_kind[item.path] = min(kind(item), module_kind.get(item.path, 2))
+    items.sort(key=lambda item: module_kind[item.path])  # stable: each module's tests keep their order
 
 
 @pytest.fixture(scope="session")

@@ -452,6 +452,23 @@ def retries(result: dg.ExecuteInProcessResult, step: str) -> int:
 
 
 # ----- an orchestrator that crashes -----
+#: dagster.yaml's run_monitoring.poll_interval_seconds, plus a new daemon's start-up on a busy two-core machine.
+DEAD_RUN_FAILED_WITHIN_S = 15 + 45
+#: How long a launched run may take to start on a busy two-core machine (dequeue, code server, run worker).
+RUN_START_S = 90
+
+
+def cart_db_products(faults: FaultStack) -> dict[str, tuple]:
+    """The Cart DB's product rows, by id."""
+    with faults.cart_conn() as conn:
+        return product_rows(conn)
+
+
+def expected_products(faults: FaultStack) -> dict[str, tuple]:
+    """The row each document of the Product MongoDB must have in the Cart DB."""
+    return {str(doc["_id"]): expected_row(doc) for doc in faults.product_db.products.find()}
+
+
 #: Run statuses of a run that has not ended.
 NOT_ENDED = [
     dg.DagsterRunStatus.QUEUED,
