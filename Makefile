@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`. Everything else is a step of them.
+# The two commands of the README: `make demo` and `make test`. Everything else is a step of them (or, like
+# `make test-fast`, a shorter loop for development).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -18,11 +19,13 @@ UI_PORT ?= 3000
 DAGSTER_LOG_FILTER := { grep --line-buffered -E "sync (DRY RUN|applied)|: rejected|RUN_SUCCESS|RUN_FAILURE|Error" \
 	| sed -E 's/^.* - (product_sync_job|cart_sync_job) - [0-9a-f-]{36} - ([0-9]+ - )?//' || true; }
 
-.PHONY: help install browser lint up seed report demo cdc-demo test ui shell screenshots bench down clean
+.PHONY: help install browser lint up seed report demo cdc-demo test test-fast ui shell screenshots bench down clean
 
 help:
 	@echo "make demo   set up, start the local stack, seed drift, run both syncs (dry, then for real)"
-	@echo "make test   set up and run the test suite against real servers"
+	@echo "make test   set up and run the whole test suite against real servers (TEST_WORKERS in parallel)"
+	@echo "make test-fast  lint, the unit tests and the integration tests that start no daemon, webserver or browser"
+	@echo "            and stop no server (a few minutes)"
 	@echo "make ui     the Dagster UI on the local stack (http://$(UI_HOST):$(UI_PORT); UI_HOST, UI_PORT)"
 	@echo "make shell  a shell with the local stack's environment, for dagster commands in a terminal"
 	@echo "make seed   replace the local stack's data with the demo drift;  make report  the drift now"
@@ -34,7 +37,8 @@ help:
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]"
+	# Bytecode now: with PYTHONDONTWRITEBYTECODE set (as on CI), every dagster process would compile its imports again.
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[test]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -85,8 +89,18 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pytest-xdist workers, each with a SecantusDB and a PostgreSQL of its own. Most of the suite waits on servers,
+# daemons and sensor ticks, so more workers than cores pay. Whole modules go to the next free worker (a module's
+# `dagster dev` is started once), the slowest kinds first, in the order tests/conftest.py sorts them.
+TEST_WORKERS ?= 6
+FAST_TEST_WORKERS ?= 3
+PYTEST_PARALLEL = --dist loadfile --no-loadscope-reorder --durations=20
+
 test: install browser lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_PARALLEL)
+
+test-fast: install lint
+	$(BIN)/python -m pytest -n $(FAST_TEST_WORKERS) $(PYTEST_PARALLEL) -m "not (faults or daemon or webserver or browser)"
 
 ui: up
 	@$(WITH_ENV) $(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)

@@ -82,6 +82,14 @@ def _wait_exit(pid: int, timeout: float) -> None:
         raise StackError(f"process {pid} is still running after SIGKILL")
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -381,14 +389,19 @@ class LocalStack:
     def _as_pg_user(self) -> dict[str, object]:
         if os.geteuid() != 0:
             return {}
-        try:
-            pwd.getpwnam(PG_RUN_USER)
-        except KeyError:
-            subprocess.run(
+        deadline = time.monotonic() + 30
+        while not _user_exists(PG_RUN_USER):
+            # Stacks starting side by side (parallel test workers) may race to create the user: one of them
+            # creates it while the others fail on the existing user or on /etc/passwd's lock, and look again.
+            created = subprocess.run(
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_RUN_USER],
-                check=True,
                 capture_output=True,
+                text=True,
             )
+            if created.returncode != 0 and not _user_exists(PG_RUN_USER):
+                if time.monotonic() > deadline:
+                    raise StackError(f"could not create the PostgreSQL user {PG_RUN_USER!r}: {created.stderr}")
+                time.sleep(0.2)
         return {"user": PG_RUN_USER, "group": PG_RUN_USER, "extra_groups": []}
 
     @property

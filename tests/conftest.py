@@ -1,34 +1,135 @@
-"""Fixtures with real servers: SecantusDB and PostgreSQL 15, started once per session.
+"""Fixtures with real servers: SecantusDB and PostgreSQL 15, one pair per session (per xdist worker).
 
-The stack, its ports and the service environment live in `tests.session`.
+`servers` chooses their ports and folder, `service_env` points the service's variables at them,
+`stack` starts them on first use (pure unit tests need no server), and `defs` and `settings` are
+the code location as Dagster loads it in that environment.
+
+The slow kinds of test are marked by the fixture that makes them slow (`make test-fast` leaves
+them out), and their modules run first.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
+from pymongo import monitoring
 
+import etl_defs
+from etl_defs.settings import SyncSettings, load_settings
 from local.schema import create_cart_schema, create_order_indexes
-from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
-from tests.session import SERVICE_ENV, STACK, STATE_DIR, Databases
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack, free_port
+from tests.helpers import (
+    MONGO_TEST_PASSWORD,
+    MONGO_TEST_USER,
+    PG_TEST_PASSWORD,
+    Databases,
+    MongoCommandLog,
+    RecordMongoCommands,
+)
+
+#: The fixtures that start Dagster's long-running processes, and the markers of the tests that use them.
+SLOW_FIXTURES = {
+    "dagster_dev": ("webserver", "daemon"),  # tests/integration/conftest.py, one per module
+    "ui": ("browser",),  # a headless Chromium on dagster_dev (test_ui_browser.py)
+    "orchestrator": ("daemon",),  # tests/faults/conftest.py
+    "alerting_orchestrator": ("daemon",),
+}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Markers from the fixtures, as each test is collected (before `-m` reads them)."""
+    fixtures = getattr(item, "fixturenames", ())
+    for fixture, markers in SLOW_FIXTURES.items():
+        if fixture in fixtures:
+            for marker in markers:
+                item.add_marker(marker)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with the slowest kinds of test first (minutes each, mostly waiting on a daemon), so that no xdist
+    worker starts one late (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order)."""
+
+    def kind(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("daemon") else 1 if item.get_closest_marker("faults") else 2
+
+    module_kind: dict[Path, int] = {}
+    for item in items:
+        module_kind[item.path] = min(kind(item), module_kind.get(item.path, 2))
+    items.sort(key=lambda item: module_kind[item.path])  # stable: each module's tests keep their order
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
+def servers(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    """This session's servers, not started yet: free ports and a state folder of their own (each xdist worker has
+    its own pair); stopped and deleted at the end. As root the folder must be reachable by PostgreSQL's user,
+    which pytest's mode-700 `tmp_path_factory` is not."""
+    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+    servers = LocalStack(
+        Path(tempfile.mkdtemp(prefix=f"etl-sync-test-{worker}-")),
+        mongo_port=free_port(),
+        pg_port=free_port(),
+        pg_password=PG_TEST_PASSWORD,
+        mongo_user=MONGO_TEST_USER,
+        mongo_password=MONGO_TEST_PASSWORD,
+    )
+    yield servers
+    servers.clean()
+
+
+@pytest.fixture(scope="session")
+def service_env(servers: LocalStack) -> Iterator[dict[str, str]]:
+    """The service's variables pointing at this session's servers, set in os.environ for the whole session."""
+    env = {
+        **servers.env(),
+        "SYNC_BATCH_SIZE": "1000",
+        "CART_SYNC_BATCH_SIZE": "1000",
+        "ENABLE_SCHEDULER": "false",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.delenv("CART_DB_WRITE_URL", raising=False)
+        yield env
+
+
+@pytest.fixture(scope="session")
+def stack(servers: LocalStack, service_env: dict[str, str]) -> LocalStack:
     """Both servers, running, with the Cart schema and the Order indexes."""
-    STACK.up()
-    with psycopg.connect(STACK.pg_url(CART_DB)) as conn:
+    servers.up()
+    with psycopg.connect(servers.pg_url(CART_DB)) as conn:
         create_cart_schema(conn)
-    yield STACK
-    STACK.down()
-    shutil.rmtree(STATE_DIR, ignore_errors=True)
+    return servers
+
+
+@pytest.fixture(scope="session")
+def defs(service_env: dict[str, str]) -> dg.Definitions:
+    """The code location, built as `dagster` loads it, in the session's environment."""
+    return etl_defs.defs()
+
+
+@pytest.fixture(scope="session")
+def settings(service_env: dict[str, str]) -> SyncSettings:
+    """The service's settings, read from the session's environment."""
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def mongo_commands() -> RecordMongoCommands:
+    """`with mongo_commands() as commands:` records the MongoDB commands this process sends inside the block.
+
+    pymongo's command listener is registered once, on first use; it sees the clients created after that (the
+    jobs' resources create theirs when a run starts)."""
+    log = MongoCommandLog()
+    monitoring.register(log)
+    return log.recording
 
 
 @pytest.fixture()
@@ -41,9 +142,10 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture()
-def dbs(stack: LocalStack) -> Iterator[Databases]:
-    """Empty service databases on the session's servers."""
-    os.environ.update(SERVICE_ENV)
+def dbs(stack: LocalStack, service_env: dict[str, str]) -> Iterator[Databases]:
+    """Empty service databases on the session's servers, and the session's environment (whatever a test before
+    this one left in os.environ)."""
+    os.environ.update(service_env)
     mongo = stack.mongo_client(serverSelectionTimeoutMS=20_000)
     mongo[PRODUCT_DB]["products"].drop()
     mongo[ORDER_DB]["carts"].drop()

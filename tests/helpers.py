@@ -1,7 +1,8 @@
-"""Helpers every test package shares: the code location as Dagster loads it, rows copied into
-the Cart DB, and the only imports of Dagster's private APIs in the tests.
+"""Helpers every test package shares: the test secrets, handles on the service databases, rows copied into
+the Cart DB, MongoDB command monitoring, and the only imports of Dagster's private APIs in the tests.
 
-Import `tests.session` first (it is imported here), so the environment is the session's.
+Importing it starts nothing and reads no environment: the servers, the environment and the code location
+are fixtures of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -27,36 +29,70 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster._daemon.monitoring.run_monitoring import monitor_started_run as _monitor_started_run
-from pymongo import monitoring
+from pymongo import MongoClient, monitoring
+from pymongo.database import Database
 
-import etl_defs
 from etl_defs.carts.table import CART_COLUMNS, CART_TABLE
-from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE
-from etl_defs.settings import load_settings
+from etl_defs.products.table import PRODUCT_COLUMNS, PRODUCT_TABLE, SELECT_PRODUCTS_SQL
+from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 from resources.postgres import copy_rows
-from tests.session import SERVICE_ENV  # noqa: F401 - sets the session's environment before the code location loads
 
 __all__ = [
+    "MONGO_TEST_PASSWORD",
+    "MONGO_TEST_USER",
+    "PG_TEST_PASSWORD",
+    "REPO",
+    "TEST_SECRETS",
+    "Databases",
     "EmptyWorkspaceTarget",
     "LoadableTargetOrigin",
     "MongoCommand",
+    "MongoCommandLog",
+    "RecordMongoCommands",
     "WebhookReceiver",
     "WorkspaceProcessContext",
     "copy_carts",
     "copy_products",
-    "defs",
     "in_process_test_workspace",
-    "mongo_commands",
     "monitor_started_run",
     "run_failure_message",
-    "settings",
     "wait_until",
     "yaml_strings",
 ]
 
-#: The code location, built as `dagster` loads it, in the session's environment.
-defs: dg.Definitions = etl_defs.defs()
-settings = load_settings()
+REPO = Path(__file__).resolve().parent.parent
+
+#: Recognisable secrets: the whole suite runs with them, and the secret-scan tests look for
+#: them everywhere (PostgreSQL's inside the Cart DB URL, MongoDB's in MONGO_PASSWORD).
+PG_TEST_PASSWORD = "pg-Secret-7f3a9c"
+MONGO_TEST_USER = "sync-user"
+MONGO_TEST_PASSWORD = "mongo-Secret-4e8d21"
+TEST_SECRETS = (PG_TEST_PASSWORD, MONGO_TEST_PASSWORD)
+
+
+@dataclass
+class Databases:
+    """Handles on the three service databases, emptied for each test."""
+
+    stack: LocalStack
+    mongo: MongoClient
+
+    @property
+    def product_db(self) -> Database:
+        return self.mongo[PRODUCT_DB]
+
+    @property
+    def order_db(self) -> Database:
+        return self.mongo[ORDER_DB]
+
+    def cart_conn(self) -> psycopg.Connection:
+        """A new autocommit connection to the Cart DB (close it, or use `with`)."""
+        return psycopg.connect(self.stack.pg_url(CART_DB), autocommit=True)
+
+    def product_rows(self) -> dict[str, tuple]:
+        with self.cart_conn() as conn:
+            rows = conn.execute(SELECT_PRODUCTS_SQL).fetchall()
+        return {row[0]: tuple(row) for row in rows}
 
 
 def copy_products(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> None:
@@ -78,42 +114,40 @@ class MongoCommand:
     returned: int = 0
 
 
-class _CommandLog(monitoring.CommandListener):
-    """pymongo's command monitoring, kept only while `mongo_commands()` records."""
+#: What the `mongo_commands` fixture gives: `with mongo_commands() as commands:` records what the block sends.
+RecordMongoCommands = Callable[[], AbstractContextManager[list[MongoCommand]]]
+
+
+class MongoCommandLog(monitoring.CommandListener):
+    """pymongo's command monitoring (the `mongo_commands` fixture registers one), kept only inside `recording()`."""
 
     def __init__(self) -> None:
-        self.recording: list[MongoCommand] | None = None
+        self._recorded: list[MongoCommand] | None = None
         self._bodies: dict[int, tuple[str, dict[str, Any]]] = {}
 
+    @contextmanager
+    def recording(self) -> Iterator[list[MongoCommand]]:
+        """The MongoDB commands this process sends inside the block."""
+        self._recorded = recorded = []
+        try:
+            yield recorded
+        finally:
+            self._recorded = None
+
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if self.recording is not None:
+        if self._recorded is not None:
             self._bodies[event.request_id] = (event.command_name, dict(event.command))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        if self.recording is None or event.request_id not in self._bodies:
+        if self._recorded is None or event.request_id not in self._bodies:
             return
         name, body = self._bodies.pop(event.request_id)
         cursor = event.reply.get("cursor", {})
         returned = len(cursor.get("firstBatch", cursor.get("nextBatch", [])))
-        self.recording.append(MongoCommand(name, body, returned))
+        self._recorded.append(MongoCommand(name, body, returned))
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         self._bodies.pop(event.request_id, None)
-
-
-_COMMAND_LOG = _CommandLog()
-# Applies to every MongoClient created from here on, the jobs' resources included.
-monitoring.register(_COMMAND_LOG)
-
-
-@contextmanager
-def mongo_commands() -> Iterator[list[MongoCommand]]:
-    """The MongoDB commands this process sends inside the block (clients created after this module loaded)."""
-    _COMMAND_LOG.recording = recorded = []
-    try:
-        yield recorded
-    finally:
-        _COMMAND_LOG.recording = None
 
 
 def yaml_strings(value: Any) -> Iterator[str]:

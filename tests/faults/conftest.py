@@ -21,10 +21,10 @@ import dagster as dg
 import psycopg
 import pytest
 
+from etl_defs.settings import SyncSettings
 from local.stack import LocalStack, free_port
 from tests.faults.helpers import FaultStack, JobInThread, Orchestrator, StartJob
-from tests.helpers import WebhookReceiver, settings
-from tests.session import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD, REPO
+from tests.helpers import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD, REPO, WebhookReceiver
 
 
 @pytest.fixture(scope="package")
@@ -32,7 +32,7 @@ def fault_stack() -> Iterator[FaultStack]:
     """Servers for this package only, on free ports, removed at the end."""
     main_dir = Path(tempfile.mkdtemp(prefix="etl-sync-faults-"))
     order_dir = Path(tempfile.mkdtemp(prefix="etl-sync-faults-order-"))
-    # The same credentials as the session stack: `tests.helpers.defs` bound MONGO_USER and
+    # The same credentials as the session stack: the `defs` fixture bound MONGO_USER and
     # MONGO_PASSWORD when it was loaded with them set.
     credentials = {
         "pg_password": PG_TEST_PASSWORD,
@@ -55,8 +55,8 @@ def fault_stack() -> Iterator[FaultStack]:
 
 
 @pytest.fixture()
-def faults(fault_stack: FaultStack, monkeypatch: pytest.MonkeyPatch) -> FaultStack:
-    """The fault stack, running and empty, with the service's variables pointing at it."""
+def faults(fault_stack: FaultStack, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> FaultStack:
+    """The fault stack, running and empty, with the service's variables pointing at it (the session's others)."""
     fault_stack.ensure_up()
     for name, value in fault_stack.env().items():
         monkeypatch.setenv(name, value)
@@ -66,12 +66,12 @@ def faults(fault_stack: FaultStack, monkeypatch: pytest.MonkeyPatch) -> FaultSta
 
 
 @pytest.fixture()
-def start_job(faults: FaultStack, instance: dg.DagsterInstance) -> Iterator[StartJob]:
+def start_job(faults: FaultStack, defs: dg.Definitions, instance: dg.DagsterInstance) -> Iterator[StartJob]:
     """Start jobs in background threads; at teardown, bring the servers back and let the runs end."""
     started: list[JobInThread] = []
 
     def start(job_name: str, run_config: dict[str, Any]) -> JobInThread:
-        job = JobInThread(job_name, run_config, instance)
+        job = JobInThread(defs.resolve_job_def(job_name), run_config, instance)
         started.append(job)
         return job
 
@@ -100,7 +100,12 @@ _NEVER = "0 0 29 2 *"
 
 @contextmanager
 def daemon_host(
-    faults: FaultStack, instance_server: LocalStack, home: Path, monkeypatch: pytest.MonkeyPatch, **variables: str
+    faults: FaultStack,
+    settings: SyncSettings,
+    instance_server: LocalStack,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    **variables: str,
 ) -> Iterator[Orchestrator]:
     """An Orchestrator with DAGSTER_HOME at `home` (the repo's dagster.yaml: run monitoring, run retries, the
     queue's limits), an instance database of its own on `instance_server`'s PostgreSQL, and `variables` set.
@@ -135,11 +140,14 @@ def daemon_host(
 
 
 @pytest.fixture()
-def orchestrator(faults: FaultStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orchestrator]:
+def orchestrator(
+    faults: FaultStack, settings: SyncSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Orchestrator]:
     """A daemon host for one test, its instance on the fault stack's PostgreSQL, with the change sensors
     running every 5 s, as in production."""
     with daemon_host(
         faults,
+        settings,
         faults.main,
         tmp_path / "dagster_home",
         monkeypatch,
@@ -163,13 +171,19 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture()
 def alerting_orchestrator(
-    faults: FaultStack, stack: LocalStack, webhook: WebhookReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    faults: FaultStack,
+    settings: SyncSettings,
+    stack: LocalStack,
+    webhook: WebhookReceiver,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Orchestrator]:
     """A daemon host whose alerts go to `webhook`, its instance on the session stack's PostgreSQL (so that the
     fault stack's, the Cart DB, can be stopped). Schedules off; the product sync's cron every minute, so that
     cart_db/product is overdue 2 minutes after its last sync."""
     with daemon_host(
         faults,
+        settings,
         stack,
         tmp_path / "dagster_home",
         monkeypatch,

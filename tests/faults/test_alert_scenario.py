@@ -17,12 +17,12 @@ import dagster as dg
 import pytest
 
 from etl_defs.alerts import ALERTS_SENSOR_TICK_S
+from etl_defs.settings import SyncSettings
 from etl_defs.tags import CART_SLOT_LOST_TRIGGER, TRIGGER_TAG
 from local.stack import MAX_SLOT_WAL_KEEP_SIZE
 from tests.factories import product_doc
 from tests.faults.helpers import FaultStack, Orchestrator
-from tests.helpers import WebhookReceiver, settings, wait_until
-from tests.session import TEST_SECRETS
+from tests.helpers import TEST_SECRETS, WebhookReceiver, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -31,7 +31,7 @@ RUN = dg.DagsterRunStatus
 ALERTED_WITHIN_S = 120
 
 
-def lose_the_slot(faults: FaultStack) -> None:
+def lose_the_slot(faults: FaultStack, slot: str) -> None:
     """WAL past max_slot_wal_keep_size, then a checkpoint: the slot's WAL is removed (wal_status = lost)."""
     with faults.cart_conn() as conn:
         conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
@@ -42,7 +42,7 @@ def lose_the_slot(faults: FaultStack) -> None:
                 conn.execute("SELECT pg_switch_wal()")
             conn.execute("CHECKPOINT")
             status = conn.execute(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (settings.cart_cdc_slot,)
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
             ).fetchone()
             assert status == ("lost",), status
         finally:
@@ -51,7 +51,7 @@ def lose_the_slot(faults: FaultStack) -> None:
 
 
 def test_each_incident_is_alerted_once_and_resolved_once(
-    faults: FaultStack, alerting_orchestrator: Orchestrator, webhook: WebhookReceiver
+    faults: FaultStack, alerting_orchestrator: Orchestrator, webhook: WebhookReceiver, settings: SyncSettings
 ) -> None:
     daemon = alerting_orchestrator
     daemon.start()
@@ -109,7 +109,7 @@ def test_each_incident_is_alerted_once_and_resolved_once(
             120,
             0.5,
         )
-    lose_the_slot(faults)
+    lose_the_slot(faults, settings.cart_cdc_slot)
     lost = webhook.wait_for("changes_lost:cart_sync_job", timeout=ALERTED_WITHIN_S)
     [full] = daemon.runs("cart_sync_job", **{TRIGGER_TAG: CART_SLOT_LOST_TRIGGER})
     assert lost["run_id"] == full.run_id and "replication slot was lost" in lost["text"]

@@ -16,6 +16,7 @@ import signal
 import pytest
 
 from tests.faults.helpers import (
+    CartScenario,
     FaultStack,
     JobInThread,
     StartJob,
@@ -24,7 +25,6 @@ from tests.faults.helpers import (
     step_failure_message,
     wait_until,
 )
-from tests.faults.scenarios import CartScenario
 
 pytestmark = pytest.mark.faults
 

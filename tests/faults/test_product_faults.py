@@ -18,6 +18,7 @@ from etl_defs.steps.checkpoints import CHECKPOINT_KEY
 from tests.faults.helpers import (
     FaultStack,
     JobInThread,
+    ProductScenario,
     StartJob,
     assert_names_the_database,
     retries,
@@ -26,7 +27,6 @@ from tests.faults.helpers import (
     wait_until,
     write_held_mid_statement,
 )
-from tests.faults.scenarios import ProductScenario
 
 pytestmark = pytest.mark.faults
 

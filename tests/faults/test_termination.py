@@ -23,10 +23,8 @@ from dagster_graphql.client.client_queries import TERMINATE_RUN_JOB_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
 from local.dagster_dev import DAGSTER
-from tests.faults.helpers import FaultStack, sync_sessions, write_held_mid_statement
-from tests.faults.scenarios import ProductScenario
-from tests.helpers import EmptyWorkspaceTarget, WorkspaceProcessContext, defs, wait_until
-from tests.session import REPO
+from tests.faults.helpers import FaultStack, ProductScenario, sync_sessions, write_held_mid_statement
+from tests.helpers import REPO, EmptyWorkspaceTarget, WorkspaceProcessContext, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -99,7 +97,7 @@ def start_slow_sync(faults: FaultStack, terminal: Terminal) -> tuple[ProductScen
     return scenario, worker
 
 
-def assert_one_rerun_converges(scenario: ProductScenario, instance: dg.DagsterInstance) -> None:
+def assert_one_rerun_converges(defs: dg.Definitions, scenario: ProductScenario, instance: dg.DagsterInstance) -> None:
     rerun = defs.resolve_job_def("product_sync_job").execute_in_process(
         run_config={"batch_size": BATCH}, instance=instance, raise_on_error=False
     )
@@ -117,7 +115,7 @@ def terminate_from_the_ui(instance: dg.DagsterInstance, run_id: str) -> dict:
 
 
 def test_terminate_from_the_ui_stops_between_batches(
-    faults: FaultStack, terminal: Terminal, dagster_instance: dg.DagsterInstance
+    faults: FaultStack, terminal: Terminal, dagster_instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     scenario, worker = start_slow_sync(faults, terminal)
     run = the_run(dagster_instance)
@@ -131,11 +129,11 @@ def test_terminate_from_the_ui_stops_between_batches(
     assert "products sync stopped between batches (termination requested: the run is CANCELING)" in terminal.output
     assert dagster_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
     scenario.assert_stopped_part_way(3)
-    assert_one_rerun_converges(scenario, dagster_instance)
+    assert_one_rerun_converges(defs, scenario, dagster_instance)
 
 
 def test_sigterm_to_the_run_worker_mid_write(
-    faults: FaultStack, terminal: Terminal, dagster_instance: dg.DagsterInstance
+    faults: FaultStack, terminal: Terminal, dagster_instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     """SIGTERM lands while a batch's upsert is in flight (held by a table lock): it must roll back."""
     scenario, worker = start_slow_sync(faults, terminal)
@@ -150,4 +148,4 @@ def test_sigterm_to_the_run_worker_mid_write(
     assert scenario.assert_stopped_part_way(3) == committed
     assert the_run(dagster_instance).status == dg.DagsterRunStatus.FAILURE
     assert "Execution was interrupted unexpectedly" in terminal.output
-    assert_one_rerun_converges(scenario, dagster_instance)
+    assert_one_rerun_converges(defs, scenario, dagster_instance)

@@ -12,7 +12,7 @@ import pytest
 
 from local.dagster_dev import LOCATION, REPOSITORY, SENSOR_TICKS, DagsterDev, running_dagster_dev
 from local.stack import DAGSTER_DB, LocalStack, free_port
-from tests.session import REPO, Databases
+from tests.helpers import REPO, Databases
 
 
 @pytest.fixture()

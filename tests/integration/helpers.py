@@ -15,8 +15,7 @@ from etl_defs.run_launcher import GRPC_INFO_TAG, WORKER_MACHINE_TAG, Machine
 from local.dagster_dev import dagster_job_execute as job_execute
 from local.stack import CART_DB
 from resources import PostgresResource
-from tests.helpers import defs
-from tests.session import Databases
+from tests.helpers import Databases
 
 
 def run_id_of(job: str, cli_output: str) -> str:
@@ -58,7 +57,9 @@ class LogLines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def started_on_this_machine(instance: dg.DagsterInstance, request: dg.RunRequest, job: str, worker_pid: int) -> str:
+def started_on_this_machine(
+    defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest, job: str, worker_pid: int
+) -> str:
     """A run of `request`, STARTED as the daemon leaves one it launched here: the launcher's tags, and the
     first engine event of the code server's run worker (process `worker_pid`). Returns its run id."""
     launched = {WORKER_MACHINE_TAG: Machine.this().tag(), GRPC_INFO_TAG: '{"host": "localhost", "socket": "/tmp/s"}'}

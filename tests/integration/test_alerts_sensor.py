@@ -17,9 +17,8 @@ from etl_defs.settings import load_settings
 from etl_defs.tags import OLDEST_CHANGE_TAG, PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
 from local.stack import free_port
 from tests.factories import product_doc
-from tests.helpers import WebhookReceiver
+from tests.helpers import Databases, WebhookReceiver
 from tests.integration.helpers import sync_lock_held_elsewhere
-from tests.session import Databases
 
 RUN = dg.DagsterRunStatus
 
@@ -32,8 +31,9 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture()
-def alerting(receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> dg.Definitions:
-    """The code location with ALERT_WEBHOOK_URL set to the receiver, and 2 failures in a row before an alert."""
+def alerting(receiver: WebhookReceiver, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dg.Definitions:
+    """The code location in the session's environment with ALERT_WEBHOOK_URL set to the receiver, and 2 failures in
+    a row before an alert."""
     monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
     monkeypatch.setenv("ALERT_AFTER_CONSECUTIVE_FAILURES", "2")
     return build_definitions(load_settings())

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from etl_defs.products.transform import PG_INT_MAX, PG_INT_MIN, ProductRow, transform_product
 from etl_defs.sync import Rejection
 from tests.factories import DROP, expected_row, product_doc
-from tests.helpers import defs
-from tests.session import Databases
+from tests.helpers import Databases
 
 DUPLICATE_ID = ObjectId()
 
@@ -50,7 +49,7 @@ PRODUCT_CORPUS: list[tuple[str, dict, str | None]] = [
 
 
 def test_every_malformed_document_is_rejected_with_its_reason_and_neighbours_land(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     bad = {name: product_doc(**overrides) for name, overrides, _ in PRODUCT_CORPUS}
     good = [product_doc() for _ in range(19)] + [product_doc(_id=DUPLICATE_ID)]

@@ -28,9 +28,8 @@ from local.report import CART_JOIN_SQL, cart_drift
 from local.stack import CART_DB, ORDER_DB
 from resources import MongoResource, PostgresResource
 from tests.factories import expected_doc, new_cart, new_product
-from tests.helpers import MongoCommand, copy_carts, copy_products, defs, mongo_commands
+from tests.helpers import Databases, MongoCommand, RecordMongoCommands, copy_carts, copy_products
 from tests.integration.helpers import sync_lock_held_elsewhere
-from tests.session import Databases
 
 LONG_AGO = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -77,7 +76,9 @@ def full_dump(dbs: Databases) -> tuple[list, list, list]:
     return carts, products, list(order_carts(dbs).find().sort("cartId", 1))
 
 
-def run_job(instance: dg.DagsterInstance, job_name: str, **config: Any) -> dg.ExecuteInProcessResult:
+def run_job(
+    defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, **config: Any
+) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def(job_name)
     return job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
 
@@ -157,11 +158,13 @@ def expected_after_sync(drift: Drift) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_every_class_is_written_or_counted_and_reported(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_every_class_is_written_or_counted_and_reported(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     drift = plant_drift(dbs)
     before = datetime.now(UTC) - timedelta(milliseconds=1)
 
-    result = run_job(instance, "cart_sync_job")
+    result = run_job(defs, instance, "cart_sync_job")
 
     after = datetime.now(UTC)
     assert result.success
@@ -232,12 +235,14 @@ def test_every_class_is_written_or_counted_and_reported(dbs: Databases, instance
     assert metadata["sample_keys"]["orphaned"] == [drift.orphan_doc["cartId"]]
 
 
-def test_a_second_run_finds_nothing_left_to_do(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_second_run_finds_nothing_left_to_do(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     drift = plant_drift(dbs)
-    assert run_job(instance, "cart_sync_job").success
+    assert run_job(defs, instance, "cart_sync_job").success
     first = list(order_carts(dbs).find().sort("cartId", 1))
 
-    result = run_job(instance, "cart_sync_job")
+    result = run_job(defs, instance, "cart_sync_job")
 
     assert result.success
     out = figures(result)
@@ -247,12 +252,14 @@ def test_a_second_run_finds_nothing_left_to_do(dbs: Databases, instance: dg.Dags
     assert {key: synced(doc) for key, doc in order_docs(dbs).items()} == expected_after_sync(drift)
 
 
-def test_orphans_are_deleted_only_when_pruning(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_orphans_are_deleted_only_when_pruning(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     drift = plant_drift(dbs)
     second_orphan = {**drift.orphan_doc, "cartId": "not-a-uuid-orphan"}
     insert_order_docs(dbs, second_orphan)
 
-    result = run_job(instance, "cart_sync_job", prune_orphans=True)
+    result = run_job(defs, instance, "cart_sync_job", prune_orphans=True)
 
     assert result.success
     expected = expected_after_sync(drift)
@@ -279,12 +286,14 @@ def test_pruning_keeps_an_orphan_whose_cart_appeared_in_the_cart_db_after_the_sc
     assert list(order_docs(dbs)) == [late.id]
 
 
-def test_user_id_touches_only_that_users_carts_on_both_sides(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_user_id_touches_only_that_users_carts_on_both_sides(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     mine = plant_drift(dbs, user="user-1")
     theirs = plant_drift(dbs, user="user-2")
     untouched_before = {key: doc for key, doc in order_docs(dbs).items() if doc["userId"] == "user-2"}
 
-    result = run_job(instance, "cart_sync_job", user_id="user-1", prune_orphans=True)
+    result = run_job(defs, instance, "cart_sync_job", user_id="user-1", prune_orphans=True)
 
     assert result.success
     docs = order_docs(dbs)
@@ -302,14 +311,16 @@ def on_carts(commands: list[MongoCommand], *names: str) -> list[MongoCommand]:
     return [c for c in commands if c.name in names and "carts" in (c.body.get(c.name), c.body.get("collection"))]
 
 
-def test_a_users_sync_reads_only_that_users_order_documents(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_users_sync_reads_only_that_users_order_documents(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions, mongo_commands: RecordMongoCommands
+) -> None:
     plant_drift(dbs, user="user-1")
     for other in range(30):
         plant_drift(dbs, user=f"someone-else-{other}")
     theirs = order_carts(dbs).count_documents({"userId": "user-1"})
 
     with mongo_commands() as commands:
-        result = run_job(instance, "cart_sync_job", user_id="user-1")
+        result = run_job(defs, instance, "cart_sync_job", user_id="user-1")
 
     assert result.success
     assert figures(result)["source_rows"] == 7
@@ -320,7 +331,7 @@ def test_a_users_sync_reads_only_that_users_order_documents(dbs: Databases, inst
 
 
 def test_every_cart_write_names_one_cart_id_beside_plain_conditions(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions, mongo_commands: RecordMongoCommands
 ) -> None:
     """Each update and delete is answered through the unique `cartId` index on any server:
     an equality (or `$in`) on `cartId`, and no `$or`/`$not`, which the embedded server answers
@@ -329,7 +340,7 @@ def test_every_cart_write_names_one_cart_id_beside_plain_conditions(
     order_carts(dbs).update_one({"cartId": drift.unchanged.id}, {"$unset": {"version": ""}})  # an unusable version
 
     with mongo_commands() as commands:
-        result = run_job(instance, "cart_sync_job", prune_orphans=True)
+        result = run_job(defs, instance, "cart_sync_job", prune_orphans=True)
 
     assert result.success
     filters = [u["q"] for c in on_carts(commands, "update") for u in c.body["updates"]]
@@ -369,11 +380,13 @@ def test_an_outdated_cart_with_an_unusable_version_is_updated_unless_it_changed_
     assert (docs[raced.id]["version"], docs[raced.id]["cartQuantity"]) == (4, 7)
 
 
-def test_a_user_id_is_a_value_never_part_of_the_query(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_user_id_is_a_value_never_part_of_the_query(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     plant_drift(dbs, user="user-1")
     before = full_dump(dbs)
 
-    result = run_job(instance, "cart_sync_job", user_id="x' OR '1'='1", prune_orphans=True)
+    result = run_job(defs, instance, "cart_sync_job", user_id="x' OR '1'='1", prune_orphans=True)
 
     assert result.success
     assert figures(result)["source_rows"] == 0
@@ -431,7 +444,9 @@ def test_the_version_guard_never_overwrites_a_target_that_moved_on_after_the_pla
         assert synced(before[key]) == doc
 
 
-def test_a_keyed_cart_sync_reads_and_repairs_only_its_carts(dbs: Databases) -> None:
+def test_a_keyed_cart_sync_reads_and_repairs_only_its_carts(
+    dbs: Databases, mongo_commands: RecordMongoCommands
+) -> None:
     """The scope of a set of cart ids, on both sides: a deleted cart's document is its orphan,
     and an id that is not a uuid (it cannot be in the Cart DB) is only looked up in the Order DB."""
     drift = plant_drift(dbs)
@@ -538,12 +553,14 @@ def test_two_runs_at_the_same_time_leave_one_correct_copy_of_each_cart(dbs: Data
     }
 
 
-def test_small_batches_give_the_same_result_as_one_batch(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_small_batches_give_the_same_result_as_one_batch(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     drift = plant_drift(dbs)
     extra = [new_cart(next(iter(drift.products.values())), version=2) for _ in range(9)]
     insert_carts(dbs, *extra)
 
-    result = run_job(instance, "cart_sync_job", batch_size=2, batch_pause_ms=1)
+    result = run_job(defs, instance, "cart_sync_job", batch_size=2, batch_pause_ms=1)
 
     assert result.success
     expected = expected_after_sync(drift)
@@ -554,11 +571,13 @@ def test_small_batches_give_the_same_result_as_one_batch(dbs: Databases, instanc
     assert (out["batches"], out["source_rows"], out["orphaned"], out["inserted"], out["updated"]) == (9, 16, 1, 10, 2)
 
 
-def test_a_dry_run_reports_the_plan_and_writes_nothing(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_dry_run_reports_the_plan_and_writes_nothing(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     plant_drift(dbs)
     before = full_dump(dbs)
 
-    result = run_job(instance, "cart_sync_job", dry_run=True, prune_orphans=True)
+    result = run_job(defs, instance, "cart_sync_job", dry_run=True, prune_orphans=True)
 
     assert result.success
     assert full_dump(dbs) == before
@@ -576,7 +595,7 @@ def test_a_dry_run_reports_the_plan_and_writes_nothing(dbs: Databases, instance:
 
 
 def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     source_products = [
         {
@@ -590,17 +609,17 @@ def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
         for i in range(3)
     ]
     dbs.product_db.products.insert_many(source_products)
-    assert run_job(instance, "product_sync_job").success
+    assert run_job(defs, instance, "product_sync_job").success
     rows = dbs.product_rows()
     products = {key: ProductRow(*row) for key, row in rows.items()}
     carts = [new_cart(products[str(doc["_id"])], quantity=i + 1) for i, doc in enumerate(source_products)]
     insert_carts(dbs, *carts)
-    assert run_job(instance, "cart_sync_job").success
+    assert run_job(defs, instance, "cart_sync_job").success
     # The Product service changes a price; the Cart DB and the Order DB do not know yet.
     repriced = source_products[1]
     dbs.product_db.products.update_one({"_id": repriced["_id"]}, {"$set": {"price": 4321}})
 
-    result = run_job(instance, "full_sync_job")
+    result = run_job(defs, instance, "full_sync_job")
 
     assert result.success
     assert dbs.product_rows()[str(repriced["_id"])][2] == 4321
@@ -619,7 +638,7 @@ def test_full_sync_carries_a_product_price_change_to_the_carts_in_one_run(
 
 
 def test_full_sync_batch_size_overrides_both_pipelines_or_each_keeps_its_own(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     docs = [
         {"_id": ObjectId(), "title": f"P{i}", "image": "/i.jpg", "price": 500, "sellerId": ObjectId(), "quantity": 1}
@@ -630,8 +649,8 @@ def test_full_sync_batch_size_overrides_both_pipelines_or_each_keeps_its_own(
     insert_products(dbs, product)
     insert_carts(dbs, *[new_cart(product) for _ in range(5)])
 
-    overridden = run_job(instance, "full_sync_job", batch_size=2, dry_run=True)
-    defaults = run_job(instance, "full_sync_job", dry_run=True)
+    overridden = run_job(defs, instance, "full_sync_job", batch_size=2, dry_run=True)
+    defaults = run_job(defs, instance, "full_sync_job", dry_run=True)
 
     assert overridden.success and defaults.success
     # products: 5 documents + 1 orphan row; carts: 5 carts
@@ -645,12 +664,14 @@ def test_full_sync_batch_size_overrides_both_pipelines_or_each_keeps_its_own(
     )
 
 
-def test_full_sync_skips_the_carts_when_the_product_sync_fails(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_full_sync_skips_the_carts_when_the_product_sync_fails(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     product = new_product()
     insert_products(dbs, product)
     insert_carts(dbs, new_cart(product))
     with sync_lock_held_elsewhere(dbs, "products"):  # a product sync is running elsewhere
-        result = run_job(instance, "full_sync_job")
+        result = run_job(defs, instance, "full_sync_job")
 
     assert not result.success
     assert [e.step_key for e in result.get_step_failure_events()] == ["sync_product_range[range_1_of_1]"]
@@ -660,14 +681,14 @@ def test_full_sync_skips_the_carts_when_the_product_sync_fails(dbs: Databases, i
 
 
 def test_the_cart_sync_refuses_an_order_db_without_its_unique_cart_id_index(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     product = new_product()
     insert_products(dbs, product)
     insert_carts(dbs, new_cart(product))
     order_carts(dbs).drop_index("cartId_1")
 
-    result = run_job(instance, "cart_sync_job")
+    result = run_job(defs, instance, "cart_sync_job")
 
     assert not result.success
     (failure,) = result.get_step_failure_events()
@@ -678,14 +699,14 @@ def test_the_cart_sync_refuses_an_order_db_without_its_unique_cart_id_index(
 
 @pytest.mark.parametrize("job_name", ["product_sync_job", "cart_sync_job", "full_sync_job"])
 def test_batch_size_zero_is_refused_by_every_sync_job_naming_the_field_value_and_range(
-    dbs: Databases, instance: dg.DagsterInstance, job_name: str
+    dbs: Databases, instance: dg.DagsterInstance, job_name: str, defs: dg.Definitions
 ) -> None:
     product = new_product()
     insert_products(dbs, product)
     insert_carts(dbs, new_cart(product))
 
     with pytest.raises(InvalidRunConfigError) as refused:
-        run_job(instance, job_name, batch_size=0)
+        run_job(defs, instance, job_name, batch_size=0)
 
     assert str(refused.value) == (
         "invalid run config: batch_size=0: Input should be greater than or equal to 1 (allowed: 1 to 100000)"
@@ -694,16 +715,18 @@ def test_batch_size_zero_is_refused_by_every_sync_job_naming_the_field_value_and
     assert order_carts(dbs).count_documents({}) == 0
 
 
-def test_a_bad_run_config_is_refused_before_the_run(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_bad_run_config_is_refused_before_the_run(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     with pytest.raises(InvalidRunConfigError) as refused:
-        run_job(instance, "cart_sync_job", user_id="")
+        run_job(defs, instance, "cart_sync_job", user_id="")
     assert str(refused.value) == "invalid run config: user_id='': String should have at least 1 character"
     with pytest.raises(dg.DagsterInvalidConfigError):
-        run_job(instance, "cart_sync_job", prune_orphans="yes")
+        run_job(defs, instance, "cart_sync_job", prune_orphans="yes")
 
 
 def test_the_demo_seed_plants_the_cart_drift_the_report_counts_and_the_sync_repairs(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     with dbs.cart_conn() as conn:
         products = seed_products(dbs.product_db, conn, products=60)
@@ -733,7 +756,7 @@ def test_the_demo_seed_plants_the_cart_drift_the_report_counts_and_the_sync_repa
         planted.orphaned_in_order_db,
     ) == (103, 3, 10, 10, 10, 10, 10)
 
-    result = run_job(instance, "full_sync_job", prune_orphans=True)
+    result = run_job(defs, instance, "full_sync_job", prune_orphans=True)
 
     assert result.success
     out = figures(result)

@@ -11,16 +11,16 @@ from bson import ObjectId
 from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
 from etl_defs.checks import CART_CHECK_KEYS, PRODUCT_CHECK_KEYS, VALIDATION_CHECK_KEYS
 from etl_defs.definitions import build_definitions
+from etl_defs.settings import SyncSettings
 from tests.factories import expected_row, product_doc
-from tests.helpers import copy_carts, copy_products, defs, settings
+from tests.helpers import Databases, copy_carts, copy_products
 from tests.integration.helpers import dagster_job_execute
-from tests.session import Databases
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
 
 
-def run_job(name: str, instance: dg.DagsterInstance, definitions: dg.Definitions = defs, **config: Any):
+def run_job(definitions: dg.Definitions, name: str, instance: dg.DagsterInstance, **config: Any):
     return definitions.resolve_job_def(name).execute_in_process(run_config=config, instance=instance)
 
 
@@ -56,11 +56,13 @@ def plant_product_drift(dbs: Databases) -> dict[str, set[str]]:
     return keys
 
 
-def test_product_drift_is_reported_with_counts_samples_and_severities(dbs: Databases, instance) -> None:
+def test_product_drift_is_reported_with_counts_samples_and_severities(
+    dbs: Databases, instance, defs: dg.Definitions
+) -> None:
     keys = plant_product_drift(dbs)
     before = dbs.product_rows()
 
-    run = run_job("validation_job", instance)
+    run = run_job(defs, "validation_job", instance)
 
     assert run.success  # failed checks do not fail the run (blocking=False)
     got = results(run)
@@ -77,11 +79,13 @@ def test_product_drift_is_reported_with_counts_samples_and_severities(dbs: Datab
     assert dbs.product_rows() == before  # read-only
 
 
-def test_after_a_product_sync_missing_and_stale_pass_and_orphans_still_warn(dbs: Databases, instance) -> None:
+def test_after_a_product_sync_missing_and_stale_pass_and_orphans_still_warn(
+    dbs: Databases, instance, defs: dg.Definitions
+) -> None:
     plant_product_drift(dbs)
-    assert run_job("product_sync_job", instance).success
+    assert run_job(defs, "product_sync_job", instance).success
 
-    got = results(run_job("validation_job", instance))
+    got = results(run_job(defs, "validation_job", instance))
 
     assert got["no_missing_products"].passed and meta(got["no_missing_products"])["count"] == 0
     assert got["no_stale_products"].passed and meta(got["no_stale_products"])["count"] == 0
@@ -89,29 +93,31 @@ def test_after_a_product_sync_missing_and_stale_pass_and_orphans_still_warn(dbs:
     assert meta(got["no_orphaned_products"])["count"] == 2
 
 
-def test_samples_stay_at_five_whatever_the_drift_and_batch_size(dbs: Databases, instance) -> None:
+def test_samples_stay_at_five_whatever_the_drift_and_batch_size(
+    dbs: Databases, instance, settings: SyncSettings
+) -> None:
     dbs.product_db.products.insert_many([product_doc() for _ in range(40)])  # all 40 missing
     small_batches = build_definitions(settings.model_copy(update={"sync_batch_size": 3}))
 
-    got = results(run_job("validation_job", instance, small_batches))
+    got = results(run_job(small_batches, "validation_job", instance))
 
     assert meta(got["no_missing_products"])["count"] == 40
     assert len(meta(got["no_missing_products"])["sample_keys"]) == 5
 
 
-def test_rejected_source_records_are_counted_apart_from_missing(dbs: Databases, instance) -> None:
+def test_rejected_source_records_are_counted_apart_from_missing(dbs: Databases, instance, defs: dg.Definitions) -> None:
     good, bad = product_doc(), product_doc(price=5)  # below the contract minimum
     dbs.product_db.products.insert_many([good, bad])
     with dbs.cart_conn() as conn:
         copy_products(conn, [expected_row(good)])
 
-    got = meta(results(run_job("validation_job", instance))["no_missing_products"])
+    got = meta(results(run_job(defs, "validation_job", instance))["no_missing_products"])
 
     assert got["count"] == 0
     assert got["rejected_source_records"] == 1 and got["rejected_sample_keys"] == [str(bad["_id"])]
 
 
-def plant_cart_drift(dbs: Databases, instance: dg.DagsterInstance) -> dict[str, set[str]]:
+def plant_cart_drift(defs: dg.Definitions, dbs: Databases, instance: dg.DagsterInstance) -> dict[str, set[str]]:
     """Synced carts, then drift in the Order DB: 3 missing, 2 outdated, 1 changed price, 2 orphans."""
     docs = [product_doc() for _ in range(3)]
     dbs.product_db.products.insert_many(docs)
@@ -120,7 +126,7 @@ def plant_cart_drift(dbs: Databases, instance: dg.DagsterInstance) -> dict[str, 
     carts = [(str(uuid.uuid4()), 1 + i % 3, f"user-{i % 4}", 1, str(docs[i % 3]["_id"])) for i in range(12)]
     with dbs.cart_conn() as conn:
         copy_carts(conn, carts)
-    assert run_job("cart_sync_job", instance).success
+    assert run_job(defs, "cart_sync_job", instance).success
     ids = sorted(cart[0] for cart in carts)
     order = dbs.order_db.carts
     order.delete_many({"cartId": {"$in": ids[:3]}})
@@ -132,10 +138,10 @@ def plant_cart_drift(dbs: Databases, instance: dg.DagsterInstance) -> dict[str, 
     return {"missing": set(ids[:3]), "outdated": set(ids[3:6]), "orphaned": set(orphans)}
 
 
-def test_cart_drift_is_reported_on_order_db_carts(dbs: Databases, instance) -> None:
-    keys = plant_cart_drift(dbs, instance)
+def test_cart_drift_is_reported_on_order_db_carts(dbs: Databases, instance, defs: dg.Definitions) -> None:
+    keys = plant_cart_drift(defs, dbs, instance)
 
-    run = run_job("validation_job", instance)
+    run = run_job(defs, "validation_job", instance)
 
     assert run.success
     got = results(run)
@@ -152,25 +158,25 @@ def test_cart_drift_is_reported_on_order_db_carts(dbs: Databases, instance) -> N
     assert all(got[key.name].passed for key in PRODUCT_CHECK_KEYS)
 
 
-def test_the_cart_sync_clears_missing_and_outdated(dbs: Databases, instance) -> None:
-    plant_cart_drift(dbs, instance)
-    assert run_job("cart_sync_job", instance).success
+def test_the_cart_sync_clears_missing_and_outdated(dbs: Databases, instance, defs: dg.Definitions) -> None:
+    plant_cart_drift(defs, dbs, instance)
+    assert run_job(defs, "cart_sync_job", instance).success
 
-    got = results(run_job("validation_job", instance))
+    got = results(run_job(defs, "validation_job", instance))
 
     assert got["no_missing_carts"].passed and got["no_outdated_carts"].passed
     assert meta(got["no_orphaned_carts"])["count"] == 2
 
 
-def test_validation_job_runs_only_the_six_validation_checks(dbs: Databases, instance) -> None:
-    run = run_job("validation_job", instance)
+def test_validation_job_runs_only_the_six_validation_checks(dbs: Databases, instance, defs: dg.Definitions) -> None:
+    run = run_job(defs, "validation_job", instance)
 
     assert run.success
     assert {e.asset_check_key for e in run.get_asset_check_evaluations()} == set(VALIDATION_CHECK_KEYS)
     assert run.get_asset_materialization_events() == []
 
 
-def test_one_check_can_run_alone(dbs: Databases, instance) -> None:
+def test_one_check_can_run_alone(dbs: Databases, instance, defs: dg.Definitions) -> None:
     plant_product_drift(dbs)
     one = defs.resolve_job_def("validation_job").get_subset(asset_check_selection={PRODUCT_CHECK_KEYS[1]})
 
@@ -193,7 +199,9 @@ def test_validation_job_from_the_terminal(dbs: Databases, dagster_env: dict, tmp
 
 
 @pytest.mark.faults
-def test_a_database_down_fails_the_validation_run_after_retries_instead_of_passing(dbs: Databases, instance) -> None:
+def test_a_database_down_fails_the_validation_run_after_retries_instead_of_passing(
+    dbs: Databases, instance, defs: dg.Definitions
+) -> None:
     plant_product_drift(dbs)
     dbs.stack.stop_postgres()
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.factories import expected_row, product_doc
+from tests.helpers import Databases
 from tests.integration.helpers import dagster_job_execute
-from tests.session import Databases
 
 
 def test_a_dry_run_then_a_real_run_from_the_terminal(dbs: Databases, dagster_env: dict, tmp_path: Path) -> None:

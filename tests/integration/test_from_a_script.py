@@ -42,8 +42,7 @@ from local.dagster_dev import (
 )
 from local.stack import free_port
 from tests.factories import expected_row, new_cart, new_product, product_doc
-from tests.helpers import copy_carts, copy_products
-from tests.session import REPO, Databases
+from tests.helpers import REPO, Databases, copy_carts, copy_products
 
 SCRIPTS = {
     "python": [sys.executable, str(REPO / "examples" / "sync_from_a_script.py")],

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from local.stack import CART_DB, LocalStack, StackError, free_port, listening
-from tests.session import REPO
+from tests.helpers import REPO
 
 
 def local_env(state_dir: Path) -> dict[str, str]:

@@ -12,11 +12,10 @@ from bson import ObjectId
 from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.jobs import InvalidRunConfigError
 from tests.factories import DROP, expected_row, product_doc
-from tests.helpers import copy_products, defs
-from tests.session import Databases
+from tests.helpers import Databases, copy_products
 
 
-def run_product_sync(instance: dg.DagsterInstance, **config: Any) -> dg.ExecuteInProcessResult:
+def run_product_sync(defs: dg.Definitions, instance: dg.DagsterInstance, **config: Any) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def("product_sync_job")
     return job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
 
@@ -51,11 +50,11 @@ def figures(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     return result.output_for_node("report_product_sync")
 
 
-def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
     docs, before = plant_drift(dbs)
     orphan_id = next(key for key, row in before.items() if row[1] == "gone")
 
-    result = run_product_sync(instance, batch_size=7)
+    result = run_product_sync(defs, instance, batch_size=7)
 
     assert result.success
     expected = {str(d["_id"]): expected_row(d) for d in docs}
@@ -74,13 +73,13 @@ def test_drift_is_repaired_exactly(dbs: Databases, instance: dg.DagsterInstance)
 
 
 def test_progress_lines_count_up_to_the_summary_with_the_estimated_total(
-    dbs: Databases, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+    dbs: Databases, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch, defs: dg.Definitions
 ) -> None:
     plant_drift(dbs)
     dbs.product_db.products.insert_one(product_doc(price="not a number"))
     monkeypatch.setattr("etl_defs.sync.runner.PROGRESS_INTERVAL_S", 0.0)  # a line after every batch but the first
 
-    result = run_product_sync(instance, batch_size=7)
+    result = run_product_sync(defs, instance, batch_size=7)
 
     assert result.success
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
@@ -98,11 +97,11 @@ def test_progress_lines_count_up_to_the_summary_with_the_estimated_total(
 
 
 def test_a_real_run_records_a_materialization_with_numeric_figures(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     plant_drift(dbs)
 
-    result = run_product_sync(instance)
+    result = run_product_sync(defs, instance)
 
     assert result.success
     materializations = result.asset_materializations_for_node("report_product_sync")
@@ -115,13 +114,13 @@ def test_a_real_run_records_a_materialization_with_numeric_figures(
     assert event is not None and event.run_id == result.run_id
 
 
-def test_the_second_run_writes_nothing(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_the_second_run_writes_nothing(dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
     plant_drift(dbs)
-    assert run_product_sync(instance).success
+    assert run_product_sync(defs, instance).success
     with dbs.cart_conn() as conn:
         xmin_before = dict(conn.execute("SELECT id, xmin::text FROM product").fetchall())
 
-    second = run_product_sync(instance)
+    second = run_product_sync(defs, instance)
 
     assert second.success
     assert (figures(second)["inserted"], figures(second)["updated"]) == (0, 0)
@@ -130,11 +129,13 @@ def test_the_second_run_writes_nothing(dbs: Databases, instance: dg.DagsterInsta
         assert dict(conn.execute("SELECT id, xmin::text FROM product").fetchall()) == xmin_before
 
 
-def test_a_dry_run_plans_the_same_and_writes_nothing(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_dry_run_plans_the_same_and_writes_nothing(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     plant_drift(dbs)
     before = dbs.product_rows()
 
-    result = run_product_sync(instance, dry_run=True)
+    result = run_product_sync(defs, instance, dry_run=True)
 
     assert result.success
     assert dbs.product_rows() == before
@@ -150,7 +151,7 @@ def test_a_dry_run_plans_the_same_and_writes_nothing(dbs: Databases, instance: d
 
 
 def test_malformed_documents_are_rejected_and_their_batch_neighbours_land(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     good = [product_doc() for _ in range(6)]
     bad = {
@@ -163,7 +164,7 @@ def test_malformed_documents_are_rejected_and_their_batch_neighbours_land(
     # Interleave by _id so every batch of 4 holds good and bad documents together.
     dbs.product_db.products.insert_many(good + list(bad.values()))
 
-    result = run_product_sync(instance, batch_size=4)
+    result = run_product_sync(defs, instance, batch_size=4)
 
     assert result.success
     assert dbs.product_rows() == {str(d["_id"]): expected_row(d) for d in good}
@@ -176,7 +177,9 @@ def test_malformed_documents_are_rejected_and_their_batch_neighbours_land(
         assert reasons[key].startswith(reason) or reason in reasons[key], (key, reasons.get(key))
 
 
-def test_a_row_the_database_refuses_is_rejected_alone(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_row_the_database_refuses_is_rejected_alone(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     docs = [product_doc() for _ in range(8)]
     refused = docs[3]
     dbs.product_db.products.insert_many(docs)
@@ -184,7 +187,7 @@ def test_a_row_the_database_refuses_is_rejected_alone(dbs: Databases, instance: 
         # A constraint the contract does not know about: only the database can refuse this row.
         conn.execute(f"ALTER TABLE product ADD CONSTRAINT no_refused CHECK (title <> '{refused['title']}')")
     try:
-        result = run_product_sync(instance, batch_size=8)
+        result = run_product_sync(defs, instance, batch_size=8)
     finally:
         with dbs.cart_conn() as conn:
             conn.execute("ALTER TABLE product DROP CONSTRAINT no_refused")
@@ -195,11 +198,13 @@ def test_a_row_the_database_refuses_is_rejected_alone(dbs: Databases, instance: 
     assert (got["inserted"], got["rejected_at_write"]) == (7, 1)
 
 
-def test_a_missing_target_table_fails_the_preflight_clearly(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_missing_target_table_fails_the_preflight_clearly(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     with dbs.cart_conn() as conn:
         conn.execute('ALTER TABLE product RENAME COLUMN "sellerId" TO seller')
     try:
-        result = run_product_sync(instance)
+        result = run_product_sync(defs, instance)
     finally:
         with dbs.cart_conn() as conn:
             conn.execute('ALTER TABLE product RENAME COLUMN seller TO "sellerId"')
@@ -211,7 +216,7 @@ def test_a_missing_target_table_fails_the_preflight_clearly(dbs: Databases, inst
 
 
 def test_run_config_with_a_bad_batch_size_is_refused_before_the_run(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     job = defs.resolve_job_def("product_sync_job")
 

@@ -8,20 +8,20 @@ import dagster as dg
 import pytest
 
 from etl_defs.definitions import build_definitions
+from etl_defs.settings import SyncSettings
 from local.dagster_dev import DAGSTER
 from tests.factories import product_doc
-from tests.helpers import LoadableTargetOrigin, defs, in_process_test_workspace, settings
-from tests.session import REPO, Databases
+from tests.helpers import REPO, Databases, LoadableTargetOrigin, in_process_test_workspace
 
 
-def tick(name: str, instance: dg.DagsterInstance, definitions: dg.Definitions = defs) -> dg.RunRequest | dg.SkipReason:
+def tick(definitions: dg.Definitions, name: str, instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
     """One evaluation of a schedule, with the code location's resources, as the scheduler runs it."""
     schedule = definitions.resolve_schedule_def(name)
     with dg.build_schedule_context(instance=instance, resources=definitions.resources) as context:
         return schedule(context)
 
 
-def test_schedules_follow_the_settings() -> None:
+def test_schedules_follow_the_settings(settings: SyncSettings) -> None:
     custom = settings.model_copy(
         update={
             "sync_cron_schedule": "*/7 * * * *",
@@ -49,20 +49,22 @@ def test_schedules_follow_the_settings() -> None:
         assert off.resolve_schedule_def(name).default_status == dg.DefaultScheduleStatus.STOPPED
 
 
-def test_a_tick_with_nothing_running_requests_a_sync_that_then_runs(dbs: Databases, instance) -> None:
+def test_a_tick_with_nothing_running_requests_a_sync_that_then_runs(
+    dbs: Databases, instance, defs: dg.Definitions
+) -> None:
     dbs.product_db.products.insert_many([product_doc() for _ in range(3)])
 
-    request = tick("product_sync_schedule", instance)
+    request = tick(defs, "product_sync_schedule", instance)
 
     assert isinstance(request, dg.RunRequest)
     run = defs.resolve_job_def("product_sync_job").execute_in_process(
         run_config=request.run_config, tags=request.tags, instance=instance
     )
     assert run.success and run.output_for_node("report_product_sync")["inserted"] == 3
-    assert isinstance(tick("cart_sync_schedule", instance), dg.RunRequest)
+    assert isinstance(tick(defs, "cart_sync_schedule", instance), dg.RunRequest)
 
 
-def test_a_tick_while_a_sync_is_still_running_is_skipped(dbs: Databases, instance) -> None:
+def test_a_tick_while_a_sync_is_still_running_is_skipped(dbs: Databases, instance, defs: dg.Definitions) -> None:
     dbs.product_db.products.insert_many([product_doc() for _ in range(4)])
     job = defs.resolve_job_def("product_sync_job")
     outcome: dict[str, dg.ExecuteInProcessResult] = {}
@@ -79,8 +81,8 @@ def test_a_tick_while_a_sync_is_still_running_is_skipped(dbs: Databases, instanc
             time.sleep(0.05)
         running = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))[0]
 
-        skipped = tick("product_sync_schedule", instance)
-        other = tick("cart_sync_schedule", instance)
+        skipped = tick(defs, "product_sync_schedule", instance)
+        other = tick(defs, "cart_sync_schedule", instance)
     finally:
         slow.join(timeout=60)
 
@@ -90,10 +92,12 @@ def test_a_tick_while_a_sync_is_still_running_is_skipped(dbs: Databases, instanc
     )
     assert isinstance(other, dg.RunRequest)  # another pipeline is not held up
     assert outcome["run"].success
-    assert isinstance(tick("product_sync_schedule", instance), dg.RunRequest)  # finished: the next tick runs
+    assert isinstance(tick(defs, "product_sync_schedule", instance), dg.RunRequest)  # finished: the next tick runs
 
 
-def waiting_run(instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+def waiting_run(
+    defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunStatus
+) -> dg.DagsterRun:
     """A run created and left waiting; QUEUED the way the queued run coordinator enqueues it."""
     job = defs.resolve_job_def(job_name)
     if status != dg.DagsterRunStatus.QUEUED:
@@ -114,21 +118,23 @@ WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dagst
 
 
 @pytest.mark.parametrize("status", WAITING)
-def test_a_tick_while_a_sync_is_queued_or_starting_is_skipped(dbs: Databases, instance, status) -> None:
-    waiting = waiting_run(instance, "cart_sync_job", status)
+def test_a_tick_while_a_sync_is_queued_or_starting_is_skipped(
+    dbs: Databases, instance, status, defs: dg.Definitions
+) -> None:
+    waiting = waiting_run(defs, instance, "cart_sync_job", status)
 
-    skipped = tick("cart_sync_schedule", instance)
+    skipped = tick(defs, "cart_sync_schedule", instance)
 
     assert isinstance(skipped, dg.SkipReason)
     assert f"cart_sync_job run {waiting.run_id} is still {status.value.lower()}" in skipped.skip_message
-    assert isinstance(tick("product_sync_schedule", instance), dg.RunRequest)
+    assert isinstance(tick(defs, "product_sync_schedule", instance), dg.RunRequest)
 
 
-def test_a_full_sync_in_flight_holds_back_both_schedules(dbs: Databases, instance) -> None:
-    full = waiting_run(instance, "full_sync_job", dg.DagsterRunStatus.QUEUED)
+def test_a_full_sync_in_flight_holds_back_both_schedules(dbs: Databases, instance, defs: dg.Definitions) -> None:
+    full = waiting_run(defs, instance, "full_sync_job", dg.DagsterRunStatus.QUEUED)
 
     for name in ("product_sync_schedule", "cart_sync_schedule"):
-        skipped = tick(name, instance)
+        skipped = tick(defs, name, instance)
         assert isinstance(skipped, dg.SkipReason) and f"full_sync_job run {full.run_id}" in skipped.skip_message
 
 
@@ -140,34 +146,34 @@ def test_a_full_sync_in_flight_holds_back_both_schedules(dbs: Databases, instanc
     ],
 )
 def test_a_keyed_repair_in_flight_does_not_hold_back_the_whole_table_sync(
-    dbs: Databases, instance, schedule: str, job_name: str, trigger: str
+    dbs: Databases, instance, schedule: str, job_name: str, trigger: str, defs: dg.Definitions
 ) -> None:
     """The change sensors request keyed runs every few seconds: the safety net is queued behind them, not skipped."""
     job = defs.resolve_job_def(job_name)
     instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"etl-sync/trigger": trigger})
 
-    assert isinstance(tick(schedule, instance), dg.RunRequest)
+    assert isinstance(tick(defs, schedule, instance), dg.RunRequest)
 
 
-def test_finished_runs_do_not_hold_a_tick(dbs: Databases, instance) -> None:
+def test_finished_runs_do_not_hold_a_tick(dbs: Databases, instance, defs: dg.Definitions) -> None:
     for status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
         instance.create_run_for_job(defs.resolve_job_def("product_sync_job"), status=status)
 
-    assert isinstance(tick("product_sync_schedule", instance), dg.RunRequest)
+    assert isinstance(tick(defs, "product_sync_schedule", instance), dg.RunRequest)
 
 
 @pytest.mark.faults
-def test_a_tick_while_a_database_is_down_is_skipped(dbs: Databases, instance) -> None:
+def test_a_tick_while_a_database_is_down_is_skipped(dbs: Databases, instance, defs: dg.Definitions) -> None:
     dbs.stack.stop_mongo()
     try:
-        skipped = tick("product_sync_schedule", instance)
+        skipped = tick(defs, "product_sync_schedule", instance)
     finally:
         dbs.stack.start_mongo()
 
     assert isinstance(skipped, dg.SkipReason)
     assert skipped.skip_message.startswith("not starting a sync against a database that is down: Product MongoDB")
     assert instance.get_runs() == []
-    assert isinstance(tick("product_sync_schedule", instance), dg.RunRequest)
+    assert isinstance(tick(defs, "product_sync_schedule", instance), dg.RunRequest)
 
 
 # ----- what an operator sees from the terminal -----

@@ -18,8 +18,7 @@ import pytest
 from local.dagster_dev import DAGSTER
 from local.stack import DAGSTER_DB
 from tests.factories import DROP, product_doc
-from tests.helpers import defs
-from tests.session import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
+from tests.helpers import MONGO_TEST_PASSWORD, PG_TEST_PASSWORD, REPO, TEST_SECRETS, Databases
 
 
 def secrets_in(text: str) -> list[str]:
@@ -27,13 +26,15 @@ def secrets_in(text: str) -> list[str]:
     return [s for s in TEST_SECRETS if s in text or quote(s, safe="") in text]
 
 
-def test_the_suite_really_runs_with_the_secrets() -> None:
+def test_the_suite_really_runs_with_the_secrets(service_env: dict[str, str]) -> None:
     assert os.environ["MONGO_PASSWORD"] == MONGO_TEST_PASSWORD
     assert PG_TEST_PASSWORD in os.environ["CART_DB_URL"]
     assert secrets_in(f"x{MONGO_TEST_PASSWORD}y") == [MONGO_TEST_PASSWORD]  # the scanner finds what it should
 
 
-def _run_everything(dbs: Databases, instance: dg.DagsterInstance) -> list[dg.ExecuteInProcessResult]:
+def _run_everything(
+    dbs: Databases, defs: dg.Definitions, instance: dg.DagsterInstance
+) -> list[dg.ExecuteInProcessResult]:
     """Every job, real and dry, with rejections, plus a run that fails on an unreachable database."""
     dbs.product_db.products.insert_many([product_doc() for _ in range(5)] + [product_doc(title=DROP)])
     results = []
@@ -54,9 +55,13 @@ def _run_everything(dbs: Databases, instance: dg.DagsterInstance) -> list[dg.Exe
 
 
 def test_event_log_run_config_tags_metadata_and_errors_hold_no_secret(
-    dbs: Databases, instance: dg.DagsterInstance, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    dbs: Databases,
+    instance: dg.DagsterInstance,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    defs: dg.Definitions,
 ) -> None:
-    results = _run_everything(dbs, instance)
+    results = _run_everything(dbs, defs, instance)
     # A failed run: the Cart DB (password and all) on a port where nothing listens.
     closed = dbs.stack.pg_url("cart").replace(f":{dbs.stack.state.pg_port}/", ":1/")
     monkeypatch.setenv("CART_DB_URL", closed)
@@ -80,7 +85,9 @@ def test_event_log_run_config_tags_metadata_and_errors_hold_no_secret(
     assert "rejected" in printed.err  # and the log lines it scanned are the runs' own
 
 
-def test_resource_config_is_stored_as_variable_names(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_resource_config_is_stored_as_variable_names(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     result = defs.resolve_job_def("product_sync_job").execute_in_process(instance=instance)
 
     snapshot = instance.get_job_snapshot(instance.get_run_by_id(result.run_id).job_snapshot_id)

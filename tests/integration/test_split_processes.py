@@ -17,9 +17,8 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 
 from local.dagster_dev import DAGSTER
 from tests.factories import expected_row, product_doc
-from tests.helpers import EmptyWorkspaceTarget, WorkspaceProcessContext, wait_until
+from tests.helpers import REPO, Databases, EmptyWorkspaceTarget, WorkspaceProcessContext, wait_until
 from tests.integration.helpers import dagster_job_execute
-from tests.session import REPO, Databases
 
 PRODUCTS = 800
 #: 4 ranges of ~200 products, 20 per batch, 0.8 s after each: every range step takes ~8 s.

@@ -15,9 +15,8 @@ from bson import ObjectId
 from etl_defs.assets import CART_DB_PRODUCT, ORDER_DB_CARTS
 from local.demo_data import DEMO_USER, seed_carts, seed_products
 from tests.factories import product_doc
-from tests.helpers import copy_products, defs
+from tests.helpers import Databases, copy_products
 from tests.integration.helpers import sync_lock_held_elsewhere
-from tests.session import Databases
 
 #: The figures a split must reproduce exactly (batches, durations and rates may differ).
 COMPARED = (
@@ -37,7 +36,7 @@ COMPARED = (
 )
 
 
-def run_job(instance: dg.DagsterInstance, job: str, **config: Any) -> dg.ExecuteInProcessResult:
+def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, **config: Any) -> dg.ExecuteInProcessResult:
     return defs.resolve_job_def(job).execute_in_process(run_config=config, instance=instance, raise_on_error=False)
 
 
@@ -85,14 +84,14 @@ def put_back_products(dbs: Databases, rows: list[tuple]) -> None:
 
 
 def test_a_split_product_sync_repairs_exactly_what_one_step_repairs(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     drifted = plant_product_drift(dbs)
 
-    whole = run_job(instance, "product_sync_job", batch_size=50)
+    whole = run_job(defs, instance, "product_sync_job", batch_size=50)
     after_whole = dbs.product_rows()
     put_back_products(dbs, drifted)
-    split = run_job(instance, "product_sync_job", batch_size=50, parallelism=4)
+    split = run_job(defs, instance, "product_sync_job", batch_size=50, parallelism=4)
 
     assert whole.success and split.success
     assert dbs.product_rows() == after_whole
@@ -115,16 +114,16 @@ def test_a_split_product_sync_repairs_exactly_what_one_step_repairs(
 
 
 def test_a_split_dry_run_writes_nothing_and_reports_what_a_real_run_would(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     drifted = plant_product_drift(dbs)
 
-    dry = run_job(instance, "product_sync_job", dry_run=True, parallelism=3)
+    dry = run_job(defs, instance, "product_sync_job", dry_run=True, parallelism=3)
 
     assert dry.success
     assert sorted(dbs.product_rows().values()) == sorted(drifted)
     assert dry.asset_materializations_for_node("report_product_sync") == []
-    real = run_job(instance, "product_sync_job", parallelism=3)
+    real = run_job(defs, instance, "product_sync_job", parallelism=3)
     planned, done = compared(dry, "report_product_sync"), compared(real, "report_product_sync")
     assert {k: v for k, v in planned.items() if k not in ("inserted", "updated")} == {
         k: v for k, v in done.items() if k not in ("inserted", "updated")
@@ -158,14 +157,14 @@ def order_state(dbs: Databases) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("config", [{"prune_orphans": True}, {"user_id": DEMO_USER}], ids=["pruning", "one-user"])
 def test_a_split_cart_sync_repairs_exactly_what_one_step_repairs(
-    dbs: Databases, instance: dg.DagsterInstance, config: dict[str, Any]
+    dbs: Databases, instance: dg.DagsterInstance, config: dict[str, Any], defs: dg.Definitions
 ) -> None:
     drifted = plant_cart_drift(dbs)
 
-    whole = run_job(instance, "cart_sync_job", batch_size=40, **config)
+    whole = run_job(defs, instance, "cart_sync_job", batch_size=40, **config)
     after_whole = order_state(dbs)
     put_back_carts(dbs, drifted)
-    split = run_job(instance, "cart_sync_job", batch_size=40, parallelism=4, **config)
+    split = run_job(defs, instance, "cart_sync_job", batch_size=40, parallelism=4, **config)
 
     assert whole.success and split.success
     assert order_state(dbs) == after_whole
@@ -187,27 +186,29 @@ def test_a_split_cart_sync_repairs_exactly_what_one_step_repairs(
         assert metadata["ranges"][-1]["deleted"] >= 1
 
 
-def test_a_split_full_sync_runs_both_pipelines_split(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_split_full_sync_runs_both_pipelines_split(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     plant_cart_drift(dbs)
 
-    result = run_job(instance, "full_sync_job", parallelism=2)
+    result = run_job(defs, instance, "full_sync_job", parallelism=2)
 
     assert result.success
     assert len(range_steps(result, "sync_product_range")) == 2
     assert len(range_steps(result, "sync_cart_range")) == 2
-    again = run_job(instance, "full_sync_job", parallelism=2)
+    again = run_job(defs, instance, "full_sync_job", parallelism=2)
     product_figures, cart_figures = compared(again, "report_product_sync"), compared(again, "report_cart_sync")
     assert (product_figures["inserted"], product_figures["updated"]) == (0, 0)
     assert (cart_figures["inserted"], cart_figures["updated"]) == (0, 0)
 
 
 def test_a_split_run_writes_nothing_while_another_run_holds_the_lock(
-    dbs: Databases, instance: dg.DagsterInstance
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
 ) -> None:
     drifted = plant_product_drift(dbs)
 
     with sync_lock_held_elsewhere(dbs, "products"):
-        result = run_job(instance, "product_sync_job", parallelism=4)
+        result = run_job(defs, instance, "product_sync_job", parallelism=4)
 
     assert not result.success
     failures = result.get_step_failure_events()
@@ -218,12 +219,14 @@ def test_a_split_run_writes_nothing_while_another_run_holds_the_lock(
     assert sorted(dbs.product_rows().values()) == sorted(drifted)
 
 
-def test_a_keyed_run_splits_its_keys_between_ranges(dbs: Databases, instance: dg.DagsterInstance) -> None:
+def test_a_keyed_run_splits_its_keys_between_ranges(
+    dbs: Databases, instance: dg.DagsterInstance, defs: dg.Definitions
+) -> None:
     docs = [product_doc() for _ in range(9)]
     dbs.product_db.products.insert_many(docs)
     keys = [str(doc["_id"]) for doc in docs[:6]]
 
-    result = run_job(instance, "product_sync_job", keys=keys, parallelism=3)
+    result = run_job(defs, instance, "product_sync_job", keys=keys, parallelism=3)
 
     assert result.success
     assert set(dbs.product_rows()) == set(keys)

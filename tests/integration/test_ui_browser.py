@@ -15,7 +15,7 @@ import pytest
 from local.browser import DagsterUI, browser_missing
 from local.dagster_dev import DagsterDev
 from tests.factories import expected_row, product_doc
-from tests.session import Databases
+from tests.helpers import Databases
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from etl_defs.settings import SyncSettings
 from local.cdc_demo import (
     CART_SENSOR,
     PRODUCT_SENSOR,
@@ -27,9 +28,8 @@ from local.cdc_demo import (
 )
 from local.dagster_dev import DagsterDev
 from tests.factories import expected_doc, expected_row, new_cart, new_product, product_doc
-from tests.helpers import copy_carts, copy_products, settings
+from tests.helpers import TEST_SECRETS, Databases, copy_carts, copy_products
 from tests.integration.helpers import dagster_job_execute, run_id_of
-from tests.session import Databases
 
 #: What launching a queued run may take on a busy two-core machine: the daemon's dequeue and the run's process.
 RUN_START_UP_S = 60
@@ -160,8 +160,6 @@ EVERYTHING_A_UI_SHOWS = """
 
 
 def test_graphql_answers_hold_no_secret(dbs: Databases, dagster_dev: DagsterDev) -> None:
-    from tests.session import TEST_SECRETS
-
     dbs.product_db.products.insert_many([product_doc(), product_doc(price="not a number")])
     run_id = dagster_dev.launch("full_sync_job", {})
     assert dagster_dev.finished_status(run_id) == "SUCCESS"
@@ -199,7 +197,7 @@ def test_the_daemon_runs_the_product_change_sensor_and_its_run_repairs_a_changed
 
 
 def test_the_daemon_runs_the_cart_change_sensor_and_its_run_repairs_a_changed_cart_within_an_interval(
-    dbs: Databases, dagster_dev: DagsterDev
+    dbs: Databases, dagster_dev: DagsterDev, settings: SyncSettings
 ) -> None:
     product = new_product()
     carts = [new_cart(product) for _ in range(3)]

@@ -63,6 +63,13 @@ def test_product_keys_are_sorted_lowercased_and_deduplicated() -> None:
     assert config.keys == ["6b0fa3683fba6d3e523d42ce", "6b0fa3683fba6d3e523d42cf"]
 
 
+@pytest.fixture()
+def env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENV in os.environ: checking a run config against a job's schema resolves its resources' EnvVars."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+
+
 def execution_of(job: dg.JobDefinition, **config: Any) -> dict[str, Any]:
     """The run config the job's mapping makes of `config`, checked against the job's schema (executor included)."""
     assert job.config_mapping is not None
@@ -71,7 +78,7 @@ def execution_of(job: dg.JobDefinition, **config: Any) -> dict[str, Any]:
     return mapped["execution"]
 
 
-def test_parallelism_one_runs_in_process_and_more_in_as_many_processes() -> None:
+def test_parallelism_one_runs_in_process_and_more_in_as_many_processes(env_vars: None) -> None:
     job = build_definitions(load_settings(ENV)).resolve_job_def("product_sync_job")
 
     assert job.executor_def is dg.multi_or_in_process_executor
@@ -79,7 +86,7 @@ def test_parallelism_one_runs_in_process_and_more_in_as_many_processes() -> None
     assert execution_of(job, parallelism=4) == {"config": {"multiprocess": {"max_concurrent": 4}}}
 
 
-def test_sync_executor_k8s_makes_every_step_a_pod_with_the_range_steps_sized() -> None:
+def test_sync_executor_k8s_makes_every_step_a_pod_with_the_range_steps_sized(env_vars: None) -> None:
     from dagster_k8s import k8s_job_executor
 
     settings = load_settings({**ENV, "SYNC_EXECUTOR": "k8s", "SYNC_RANGE_STEP_MEMORY": "3Gi"})

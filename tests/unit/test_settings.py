@@ -11,7 +11,7 @@ import pytest
 from etl_defs.definitions import build_definitions, build_resources
 from etl_defs.settings import SettingsError, load_settings, mask_secrets
 from local.dagster_dev import DAGSTER
-from tests.session import REPO
+from tests.helpers import REPO
 
 GOOD = {
     "PRODUCT_SERVICE_MONGODB_URL": "mongodb://db.internal:27017/product",
