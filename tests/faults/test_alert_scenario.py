@@ -118,11 +118,13 @@ def test_each_incident_is_alerted_once_and_resolved_once(
     # 4. A migration renamed the `cart` table: cart_changes_sensor errors on every tick that sees a product change.
     with faults.cart_conn() as conn:
         conn.execute("ALTER TABLE cart RENAME TO cart_renamed")
-        conn.execute("UPDATE product SET price = price + 1 WHERE id = (SELECT min(id) FROM product)")
-        failing = webhook.wait_for("sensor_failing:cart_changes_sensor", timeout=60 + ALERTS_SENSOR_TICK_S)
+        try:
+            conn.execute("UPDATE product SET price = price + 1 WHERE id = (SELECT min(id) FROM product)")
+            failing = webhook.wait_for("sensor_failing:cart_changes_sensor", timeout=60 + ALERTS_SENSOR_TICK_S)
+        finally:  # the fault stack is the next tests' too
+            conn.execute("ALTER TABLE cart_renamed RENAME TO cart")
         assert failing["sensor"] == "cart_changes_sensor"
         assert "failed on its last 3 ticks" in failing["text"] and 'relation "cart" does not exist' in failing["text"]
-        conn.execute("ALTER TABLE cart_renamed RENAME TO cart")
     webhook.wait_for("sensor_failing:cart_changes_sensor", "resolved", timeout=30 + ALERTS_SENSOR_TICK_S)
 
     # 5. Nothing syncs the products for 2 minutes (twice SYNC_CRON_SCHEDULE's minute): cart_db/product is overdue.
