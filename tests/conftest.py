@@ -53,16 +53,25 @@ def pytest_itemcollected(item: pytest.Item) -> None:
                 item.add_marker(marker)
 
 
+#: What makes a module slow, slowest first: its place in the order xdist hands modules out (`make test`).
+SLOW_FIRST = (
+    ("orchestrator", "alerting_orchestrator"),  # a fault scenario on a real daemon: minutes each
+    ("dagster_dev",),  # a module's `dagster dev`, and the runs its daemon starts
+    ("faults", "dagster_env"),  # servers stopped mid-run; `dagster` in a terminal
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules with the slowest kinds of test first (minutes each, mostly waiting on a daemon), so that no xdist
-    worker starts one late (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order)."""
+    """The modules with the slowest kinds of test first, so that no xdist worker starts a long one late
+    (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order)."""
 
     def kind(item: pytest.Item) -> int:
-        return 0 if item.get_closest_marker("daemon") else 1 if item.get_closest_marker("faults") else 2
+        fixtures = set(getattr(item, "fixturenames", ()))
+        return next((rank for rank, slow in enumerate(SLOW_FIRST) if fixtures.intersection(slow)), len(SLOW_FIRST))
 
     module_kind: dict[Path, int] = {}
     for item in items:
-        module_kind[item.path] = min(kind(item), module_kind.get(item.path, 2))
+        module_kind[item.path] = min(kind(item), module_kind.get(item.path, len(SLOW_FIRST)))
     items.sort(key=lambda item: module_kind[item.path])  # stable: each module's tests keep their order
 
 

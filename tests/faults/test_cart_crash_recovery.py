@@ -1,6 +1,7 @@
 """A crash of the orchestrator never stalls the cart change capture: the real daemon, its code server and a keyed
 cart run writing, SIGKILLed together while the Cart DB and the Product MongoDB keep changing; a new daemon's
-runs converge, and Order documents nobody changed stay byte-identical (see test_crash_recovery.py for the rest).
+runs converge, and Order documents nobody changed stay byte-identical (the product syncs' crashes:
+test_crash_recovery.py and test_keyed_crash_recovery.py).
 """
 
 from __future__ import annotations
