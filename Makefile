@@ -89,10 +89,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# pytest-xdist workers, each with a SecantusDB and a PostgreSQL of its own. Most of the suite waits on servers,
-# daemons and sensor ticks, so more workers than cores pay. Whole modules go to the next free worker (a module's
-# `dagster dev` is started once), the slowest kinds first, in the order tests/conftest.py sorts them.
-TEST_WORKERS ?= 6
+# pytest-xdist workers, each with a SecantusDB and a PostgreSQL of its own. Much of the suite waits on daemons
+# and sensor ticks, so more workers than cores pay, up to 4 on 2 cores: past that the servers and Dagster's
+# processes contend for the CPU (measured: 5 workers took 744 s, 4 took 757 s, and 6 made the daemon scenarios
+# miss their bounds). Whole modules go to the next free worker (a module's `dagster dev` is started once), the
+# slowest kinds first, in the order tests/conftest.py sorts them.
+TEST_WORKERS ?= 4
 FAST_TEST_WORKERS ?= 3
 PYTEST_PARALLEL = --dist loadfile --no-loadscope-reorder --durations=20
 
