@@ -102,7 +102,7 @@ test: install browser lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_PARALLEL)
 
 test-fast: install lint
-	$(BIN)/python -m pytest -n $(FAST_TEST_WORKERS) $(PYTEST_PARALLEL) -m "not (faults or daemon or webserver or browser)"
+	$(BIN)/python -m pytest -n $(FAST_TEST_WORKERS) $(PYTEST_PARALLEL) -m "not (faults or daemon or webserver or browser or processes)"
 
 ui: up
 	@$(WITH_ENV) $(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)

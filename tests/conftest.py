@@ -41,6 +41,7 @@ SLOW_FIXTURES = {
     "ui": ("browser",),  # a headless Chromium on dagster_dev (test_ui_browser.py)
     "orchestrator": ("daemon",),  # tests/faults/conftest.py
     "alerting_orchestrator": ("daemon",),
+    "dagster_env": ("processes",),  # `dagster` in a terminal, on an instance in PostgreSQL
 }
 
 
@@ -53,11 +54,13 @@ def pytest_itemcollected(item: pytest.Item) -> None:
                 item.add_marker(marker)
 
 
-#: What makes a module slow, slowest first: its place in the order xdist hands modules out (`make test`).
+#: The slow kinds of test, slowest first (a test is of a kind when it has all its markers): the order in which
+#: xdist hands modules out in `make test`.
 SLOW_FIRST = (
-    ("orchestrator", "alerting_orchestrator"),  # a fault scenario on a real daemon: minutes each
-    ("dagster_dev",),  # a module's `dagster dev`, and the runs its daemon starts
-    ("faults", "dagster_env"),  # servers stopped mid-run; `dagster` in a terminal
+    ("faults", "daemon"),  # a fault scenario on a real daemon: minutes each
+    ("webserver",),  # a module's `dagster dev`, and the runs its daemon starts
+    ("faults",),  # servers stopped mid-run
+    ("processes",),  # the service's commands in a terminal
 )
 
 
@@ -66,8 +69,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order)."""
 
     def kind(item: pytest.Item) -> int:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        return next((rank for rank, slow in enumerate(SLOW_FIRST) if fixtures.intersection(slow)), len(SLOW_FIRST))
+        markers = {marker.name for marker in item.iter_markers()}
+        return next((rank for rank, slow in enumerate(SLOW_FIRST) if markers.issuperset(slow)), len(SLOW_FIRST))
 
     module_kind: dict[Path, int] = {}
     for item in items:

@@ -20,6 +20,8 @@ import pytest
 from local.stack import CART_DB, LocalStack, StackError, free_port, listening
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.processes  # `make` and `python -m local` in a terminal
+
 
 def local_env(state_dir: Path) -> dict[str, str]:
     """The LOCAL_* variables of a stack of its own, on free ports."""
