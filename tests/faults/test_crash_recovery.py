@@ -1,9 +1,10 @@
-"""A crash of the orchestrator never stalls a product sync: the real daemon, real run workers, SIGKILLed together.
+"""A crash of the orchestrator never stalls a whole-table product sync: the real daemon, real run workers,
+SIGKILLed together.
 
-Each test runs `dagster-daemon` on the repo's workspace.yaml and dagster.yaml (the run queue's
+The test runs `dagster-daemon` on the repo's workspace.yaml and dagster.yaml (the run queue's
 per-pipeline limit, run monitoring, run retries), kills the daemon with its code server and
-run workers mid-run, as a host restart or an OOM kill does, starts a new daemon, and checks
-that the dead run is failed within the bound, that what waited on it moves on, and that the
+the run worker mid-run, as a host restart or an OOM kill does, starts a new daemon, and checks
+that the dead run is failed within the bound, that the run queued behind it moves on, and that the
 databases converge with nothing written twice. Keyed product runs: test_keyed_crash_recovery.py; the cart
 change capture: test_cart_crash_recovery.py (modules of their own, so that they run on different workers).
 """
