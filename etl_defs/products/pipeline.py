@@ -8,9 +8,9 @@ from etl_defs.products.endpoints import ProductSyncEndpoints, product_schema_pro
 from etl_defs.products.sensors import build_product_changes_sensor
 from etl_defs.products.transform import compare_products, product_key, transform_product
 from etl_defs.run_config import ProductSyncOpConfig, SyncOpConfig
-from etl_defs.sync import Change, SyncEndpoints, SyncScope, SyncSpec
+from etl_defs.sync import Change, SyncEndpoints, SyncScope, SyncSpec, row_spec
 
-PRODUCT_SYNC = SyncSpec(
+PRODUCT_SYNC = row_spec(
     name="products",
     transform=transform_product,
     source_key=product_key,

@@ -104,11 +104,11 @@ class SyncReport(Generic[Row, Tgt]):
 
     def add_plan(self, plan: BatchPlan, spec: SyncSpec) -> None:
         for change in Change:
-            keys = plan.keys(change, spec)
-            self.counts[change] += len(keys)
+            count = plan.count(change)
+            self.counts[change] += count
             room = SAMPLE_KEYS - len(self.samples[change])
-            if room > 0:
-                self.samples[change].extend(keys[:room])
+            if room > 0 and count:
+                self.samples[change].extend(plan.keys(change, spec)[:room])
         self._add_rejections(plan.rejected)
 
     def add_write(self, result: WriteResult) -> None:

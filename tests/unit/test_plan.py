@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etl_defs.sync import BatchPlan, Change, KeyOrderError, Rejection, SyncSpec, plan_batches
+from etl_defs.sync import BatchPlan, Change, KeyOrderError, Rejection, plan_batches, row_spec
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def _compare(source: Item, target: Item) -> Change:
     return Change.NEWER_IN_TARGET if target.value > source.value + 100 else Change.CHANGED
 
 
-SPEC = SyncSpec(
+SPEC = row_spec(
     name="test", transform=_transform, source_key=lambda i: i.key, target_key=lambda i: i.key, compare=_compare
 )
 
@@ -129,4 +129,7 @@ def test_every_key_is_classified_exactly_once(
     assert len(classified) == len(set(classified))
     assert set(classes[Change.ORPHANED]) == set(target_keys) - set(source_keys)
     assert set(classes[Change.MISSING]) == {k for k, v in source if v is not None and k not in target_keys}
-    assert all(plan.size <= batch_size for plan in plans)
+    # Memory stays O(batch): a plan holds at most batch_size source keys and batch_size target records.
+    paired = (Change.CHANGED, Change.OUTDATED, Change.UNCHANGED, Change.NEWER_IN_TARGET)
+    assert all(plan.source_rows <= batch_size for plan in plans)
+    assert all(plan.count(Change.ORPHANED) + sum(map(plan.count, paired)) <= batch_size for plan in plans)
