@@ -23,9 +23,9 @@ import pyarrow as pa
 from pymongo import MongoClient
 
 from benchmarks import data
+from benchmarks.scans import PRODUCT_PROJECTION
 from benchmarks.seed import chunked
 from etl_defs.products.table import ProductRow
-from etl_defs.products.transform import PRODUCT_PROJECTION
 
 #: The Cart DB's columns under dlt's snake_case names (dlt would rename sellerId to seller_id itself).
 ARROW_SCHEMA = pa.schema(

@@ -148,8 +148,9 @@ MONGODB_FETCH_SIZE={mongo_fetch} and POSTGRES_FETCH_SIZE={pg_fetch} (the bare sc
   10,000 and `COPY`, then `VACUUM ANALYZE`, then one full scan to warm SecantusDB (its first scan after a
   bulk load is much slower); again after the drift is planted a second time.
 - **Bare scans** (the floors): the sync's own queries and nothing else, every document or row decoded.
-  Products: `find({{}}, PRODUCT_PROJECTION).sort("_id").hint("_id_")` and `SELECT ... ORDER BY id COLLATE
-  "C"` through a server-side cursor. Carts: `find({{"cartId": {{"$type": "string"}}}}, CART_DOC_PROJECTION)
+  Products: `find({{}}).sort("_id").hint("_id_")` (whole documents, as the sync reads them) and
+  `SELECT ... ORDER BY id COLLATE "C"` through a server-side cursor. Carts:
+  `find({{"cartId": {{"$type": "string"}}}}, CART_DOC_PROJECTION)
   .sort("cartId").hint("cartId_1")` and the cart sync's `cart LEFT JOIN product` SELECT. The bare
   `bulk_write` is unordered `UpdateOne`s by cartId with `$set` (the synced fields and a new `updatedAt`),
   in chunks of 1,000, of the documents the sync wrote, after the sync. The bare steps run in the harness

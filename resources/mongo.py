@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 from pymongo import MongoClient
 from pymongo.collection import Collection
+from pymongo.cursor import Cursor, RawBatchCursor
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, ConnectionFailure, CursorNotFound, PyMongoError, ServerSelectionTimeoutError
 
@@ -126,28 +127,66 @@ class MongoResource(dg.ConfigurableResource):
         one BSON type only, they bound the index itself, whose order runs across types, so
         the walk from the start also finds, say, a string `_id` below every ObjectId.
         """
-        with self.translated_errors():
-            cursor = (
-                self.collection(collection)
-                .find(query, projection)
-                .sort(order_by, 1)
-                .batch_size(self.fetch_size or batch_size)
-            )
-            if hint is not None:
-                cursor = cursor.hint(hint)
-            if index_from is not None:
-                cursor = cursor.min([(order_by, index_from)])
-            if index_to is not None:
-                cursor = cursor.max([(order_by, index_to)])
-            with cursor:
-                batch: list[dict[str, Any]] = []
-                for doc in cursor:
-                    batch.append(doc)
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-                if batch:
+        with (
+            self.translated_errors(),
+            self._cursor(
+                collection, query, projection, order_by, batch_size, hint, index_from, index_to, raw=False
+            ) as cursor,
+        ):
+            batch: list[dict[str, Any]] = []
+            for doc in cursor:
+                batch.append(doc)
+                if len(batch) >= batch_size:
                     yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    def find_raw_batches(
+        self,
+        collection: str,
+        query: Mapping[str, Any],
+        projection: Mapping[str, Any] | None,
+        *,
+        order_by: str,
+        batch_size: int,
+        hint: str | None = None,
+        index_from: Any = None,
+        index_to: Any = None,
+    ) -> Iterator[bytes]:
+        """`find_in_batches`, as the server's raw BSON batches (for a columnar decoder): each holds
+        the documents of one round trip, `fetch_size` (unset: `batch_size`) at most."""
+        with (
+            self.translated_errors(),
+            self._cursor(
+                collection, query, projection, order_by, batch_size, hint, index_from, index_to, raw=True
+            ) as cursor,
+        ):
+            yield from cursor
+
+    def _cursor(
+        self,
+        collection: str,
+        query: Mapping[str, Any],
+        projection: Mapping[str, Any] | None,
+        order_by: str,
+        batch_size: int,
+        hint: str | None,
+        index_from: Any,
+        index_to: Any,
+        *,
+        raw: bool,
+    ) -> Cursor | RawBatchCursor:
+        source = self.collection(collection)
+        find = source.find_raw_batches if raw else source.find
+        cursor = find(query, projection).sort(order_by, 1).batch_size(self.fetch_size or batch_size)
+        if hint is not None:
+            cursor = cursor.hint(hint)
+        if index_from is not None:
+            cursor = cursor.min([(order_by, index_from)])
+        if index_to is not None:
+            cursor = cursor.max([(order_by, index_to)])
+        return cursor
 
     def estimated_count(self, collection: str) -> int:
         """The collection's size from its metadata (no scan), for progress lines."""

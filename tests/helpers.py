@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bson
 import dagster as dg
 import psycopg
 
@@ -143,7 +144,9 @@ class MongoCommandLog(monitoring.CommandListener):
             return
         name, body = self._bodies.pop(event.request_id)
         cursor = event.reply.get("cursor", {})
-        returned = len(cursor.get("firstBatch", cursor.get("nextBatch", [])))
+        batch = cursor.get("firstBatch", cursor.get("nextBatch", []))
+        # A raw-batch cursor's reply holds the batch as one BSON byte string: count its documents.
+        returned = sum(len(bson.decode_all(item)) if isinstance(item, bytes) else 1 for item in batch)
         self._recorded.append(MongoCommand(name, body, returned))
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:

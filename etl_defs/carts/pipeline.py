@@ -9,7 +9,7 @@ from etl_defs.carts.transform import cart_doc_key, cart_key, compare_carts, tran
 from etl_defs.pipeline import Databases, DriftCheck, StepDescriptions, SyncPipeline
 from etl_defs.run_config import CartSyncOpConfig, SyncOpConfig
 from etl_defs.steps.retries import retried_while_unavailable
-from etl_defs.sync import Change, SyncEndpoints, SyncScope, SyncSpec, row_spec
+from etl_defs.sync import Change, SyncEndpoints, SyncScope, row_spec
 
 CART_SYNC = row_spec(
     name="carts",

@@ -6,27 +6,30 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 from bson import ObjectId
 
+from etl_defs.products.columns import csv_payload, read_csv_rows
 from etl_defs.products.table import (
     PRODUCT_COLUMN_LIST,
     PRODUCT_COLUMN_TYPES,
     PRODUCT_COLUMNS,
     PRODUCT_TABLE,
     SELECT_PRODUCTS_SQL,
-    ProductRow,
     product_table_ddl,
 )
-from etl_defs.products.transform import PRODUCT_PROJECTION
 from etl_defs.sync import WHOLE_TABLE, BatchPlan, Rejection, SyncScope, WriteResult, even_points
 from resources import MongoResource, PostgresResource
-from resources.postgres import column_type_problems, copy_rows
+from resources.postgres import column_type_problems
 
 _ORDER = 'ORDER BY id COLLATE "C"'
 #: The rows of a set of keys (one chunk of a keyed sync), through the primary key.
 KEYED_SQL = f"{SELECT_PRODUCTS_SQL} WHERE id = ANY(%s) {_ORDER}"
 #: Source `_id`s sampled per range of a split, to take its split points from.
 SAMPLE_PER_RANGE = 100
+#: The CSV block Arrow parses the target rows in: about a batch of rows (products' rows are ~100 bytes).
+CSV_BYTES_PER_ROW = 128
+MIN_CSV_BLOCK = 1 << 16
 STAGE = "product_sync_stage"
 STAGE_SQL = product_table_ddl(STAGE, staging=True)
 _UPDATABLE = [c for c in PRODUCT_COLUMNS if c != "id"]
@@ -62,8 +65,11 @@ class ProductSyncEndpoints:
         self.cart_db = cart_db
         self.scope = scope
 
-    def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[dict[str, Any]]]:
-        """Product documents in `_id` order (the `_id_` index walk), `batch_size` at a time.
+    def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[bytes]:
+        """Product documents in `_id` order (the `_id_` index walk), as the server's raw BSON
+        batches of `batch_size` (or `fetch_size`) documents, whole: the columnar decoder takes
+        the five fields it needs (on the embedded server a projection costs more than it saves:
+        benchmarks/RESULTS.md).
 
         A key range bounds the index walk, not the values (`index_from`/`index_to`): BSON
         orders `_id`s by type first, so the first range also reads the `_id`s of types below
@@ -74,10 +80,10 @@ class ProductSyncEndpoints:
             return self._documents_of_keys(batch_size, after)
         key_range = self.scope.key_range
         start = key_range.low if after is None else after
-        return self.product_db.find_in_batches(
+        return self.product_db.find_raw_batches(
             "products",
             {} if after is None else {"_id": {"$ne": ObjectId(after)}},  # index_from is inclusive
-            PRODUCT_PROJECTION,
+            None,
             order_by="_id",
             hint="_id_",
             index_from=None if start is None else ObjectId(start),
@@ -85,17 +91,14 @@ class ProductSyncEndpoints:
             batch_size=batch_size,
         )
 
-    def _documents_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[dict[str, Any]]]:
+    def _documents_of_keys(self, batch_size: int, after: str | None) -> Iterator[bytes]:
         for chunk in self.scope.key_chunks(batch_size, after):
             query = {"_id": {"$in": [ObjectId(key) for key in chunk]}}
-            yield from self.product_db.find_in_batches(
-                "products", query, PRODUCT_PROJECTION, order_by="_id", batch_size=batch_size
-            )
+            yield from self.product_db.find_raw_batches("products", query, None, order_by="_id", batch_size=batch_size)
 
-    def target_batches(self, batch_size: int, after: str | None = None) -> Iterator[Sequence[tuple[Any, ...]]]:
-        """`product` rows in `id COLLATE "C"` order through a server-side cursor, as plain tuples in
-        `ProductRow` order (they compare equal to a `ProductRow`; making one per row costs CPU).
-        A keyed scope reads `id = ANY(chunk)` per chunk of `batch_size` keys."""
+    def target_batches(self, batch_size: int, after: str | None = None) -> Iterator[pa.Table]:
+        """`product` rows in `id COLLATE "C"` order as Arrow tables, read with `COPY ... (FORMAT csv)`
+        (no Python object per value). A keyed scope reads `id = ANY(chunk)` per chunk of `batch_size` keys."""
         if self.scope.keys is not None:
             return self._rows_of_keys(batch_size, after)
         key_range = self.scope.key_range
@@ -103,18 +106,19 @@ class ProductSyncEndpoints:
         bounds.append(('id COLLATE "C" > %s', after))
         conditions = [condition for condition, value in bounds if value is not None]
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        return self.cart_db.scan_in_batches(
-            f"{SELECT_PRODUCTS_SQL}{where} {_ORDER}",
-            [value for _, value in bounds if value is not None],
-            batch_size=batch_size,
-            cursor_name="product_sync_scan",
-        )
+        params = [value for _, value in bounds if value is not None]
+        return self._copy_out(f"{SELECT_PRODUCTS_SQL}{where} {_ORDER}", params, batch_size)
 
-    def _rows_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[tuple[Any, ...]]]:
+    def _rows_of_keys(self, batch_size: int, after: str | None) -> Iterator[pa.Table]:
         for chunk in self.scope.key_chunks(batch_size, after):
-            yield from self.cart_db.scan_in_batches(
-                KEYED_SQL, (chunk,), batch_size=batch_size, cursor_name="product_sync_keys"
-            )
+            yield from self._copy_out(KEYED_SQL, (chunk,), batch_size)
+
+    def _copy_out(self, query: str, params: Sequence[Any], batch_size: int) -> Iterator[pa.Table]:
+        block_size = max(batch_size * CSV_BYTES_PER_ROW, MIN_CSV_BLOCK)
+        with self.cart_db.connection() as conn:
+            with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT csv)", params) as copy:
+                yield from read_csv_rows(copy, block_size)
+            conn.rollback()
 
     def estimated_source_rows(self) -> int | None:
         if self.scope.keys is not None:
@@ -132,35 +136,36 @@ class ProductSyncEndpoints:
             sample = [doc["_id"] for doc in self.product_db.collection("products").aggregate(pipeline)]
         return even_points(sorted(str(key) for key in sample if isinstance(key, ObjectId)), parts)
 
-    def write(self, plan: BatchPlan[ProductRow, tuple[Any, ...]]) -> WriteResult:
+    def write(self, plan: BatchPlan) -> WriteResult:
         """Insert the plan's missing rows and update its changed ones, in one transaction."""
-        rows = plan.missing + [row for row, _ in plan.changed]
+        rows = pa.concat_tables([plan.missing, plan.changed])
         result = WriteResult()
         with self.cart_db.connection(autocommit=True) as conn:  # each batch opens its own transaction
             self._write_isolating_bad_rows(conn, rows, result)
         return result
 
-    def _write_isolating_bad_rows(self, conn: psycopg.Connection, rows: list[ProductRow], result: WriteResult) -> None:
+    def _write_isolating_bad_rows(self, conn: psycopg.Connection, rows: pa.Table, result: WriteResult) -> None:
         """Write `rows` in one transaction; if the database refuses one, split to find it.
 
         The transform already rejects what the contract forbids, so this is the safety net
         for what only the database knows (a constraint added by the Cart service, say).
         """
-        if not rows:
+        if not len(rows):
             return
         try:
             with conn.transaction():
                 conn.execute(STAGE_SQL)
-                copy_rows(conn, STAGE, PRODUCT_COLUMNS, rows)
+                with conn.cursor().copy(f"COPY {STAGE} ({PRODUCT_COLUMN_LIST}) FROM STDIN (FORMAT csv)") as copy:
+                    copy.write(csv_payload(rows))
                 flags = conn.execute(UPSERT_SQL).fetchall()
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             if len(rows) == 1:
                 reason = error.diag.message_primary or type(error).__name__
-                result.rejected.append(Rejection(rows[0].id, f"PostgreSQL refused the row: {reason}"))
+                result.rejected.append(Rejection(rows["id"][0].as_py(), f"PostgreSQL refused the row: {reason}"))
                 return
             middle = len(rows) // 2
-            self._write_isolating_bad_rows(conn, rows[:middle], result)
-            self._write_isolating_bad_rows(conn, rows[middle:], result)
+            self._write_isolating_bad_rows(conn, rows.slice(0, middle), result)
+            self._write_isolating_bad_rows(conn, rows.slice(middle), result)
             return
         inserted = sum(1 for (flag,) in flags if flag)
         result.inserted += inserted

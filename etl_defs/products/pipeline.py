@@ -1,21 +1,23 @@
 """The product sync's record: Product MongoDB `products` -> Cart PostgreSQL `product`."""
 
 import dagster as dg
+import pyarrow as pa
 
 from etl_defs.assets import CART_DB_KEY, CART_DB_PRODUCT, PRODUCT_DB_KEY
 from etl_defs.pipeline import Databases, DriftCheck, StepDescriptions, SyncPipeline
+from etl_defs.products.columns import classify_products, decode_products, product_records, record_keys
 from etl_defs.products.endpoints import ProductSyncEndpoints, product_schema_problems
 from etl_defs.products.sensors import build_product_changes_sensor
-from etl_defs.products.transform import compare_products, product_key, transform_product
 from etl_defs.run_config import ProductSyncOpConfig, SyncOpConfig
-from etl_defs.sync import Change, SyncEndpoints, SyncScope, SyncSpec, row_spec
+from etl_defs.sync import Change, SyncEndpoints, SyncScope, SyncSpec
 
-PRODUCT_SYNC = row_spec(
+PRODUCT_SYNC = SyncSpec(
     name="products",
-    transform=transform_product,
-    source_key=product_key,
-    target_key=product_key,
-    compare=compare_products,
+    source=decode_products,
+    target=product_records,
+    concat=pa.concat_tables,
+    classify=classify_products,
+    record_keys=record_keys,
 )
 
 PRODUCT_CHECKS = (

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from bson import Decimal128, ObjectId
 
 from etl_defs.products.table import ProductRow
-from etl_defs.sync.plan import Change, Rejection
+from etl_defs.sync.plan import Rejection
 
 PG_INT_MIN = -(2**31)
 PG_INT_MAX = 2**31 - 1
 MIN_PRICE = 100  # the Product service's contract: price >= 100
-
-#: Fields read from the Product MongoDB (the rest of the document is not needed).
-PRODUCT_PROJECTION = {"title": 1, "price": 1, "image": 1, "sellerId": 1, "quantity": 1}
 
 
 class _Invalid(ValueError):
@@ -122,14 +118,3 @@ def transform_product(doc: Mapping[str, Any]) -> ProductRow | Rejection:
         return _row(doc, key)
     except _Invalid as invalid:
         return Rejection(key=key, reason=str(invalid))
-
-
-#: A row's key, as the merge compares it: its first column, `id` (a `ProductRow` or a plain
-#: tuple read from the Cart DB in the same column order). `itemgetter` runs once per row of
-#: both sides without a Python call.
-product_key: Callable[[Sequence[Any]], str] = operator.itemgetter(0)
-
-
-def compare_products(source: ProductRow, target: Sequence[Any]) -> Change:
-    """UNCHANGED when every column matches, else CHANGED."""
-    return Change.UNCHANGED if source == target else Change.CHANGED
