@@ -11,8 +11,9 @@ accepts it as the contract says (an integral double, a Decimal128, a seller id a
 or rejects it with its exact reason. pymongoarrow's traps, and how they are avoided:
 an int64 column truncates doubles (199.99 -> 199) and takes booleans as 0/1, so prices and
 quantities are decoded as float64 (exact for every PostgreSQL integer) and checked to be
-whole, and a second decode of `quantity` as a boolean column flags booleans (a boolean
-price is 0 or 1, below the contract's minimum, so it already falls to the per-document path).
+whole; a boolean `quantity` is found in the raw bytes (its element, type 0x08 and the name, in
+a document sends that document to the per-document path; a boolean price is 0 or 1, below the
+contract's minimum, so it already goes there).
 """
 
 from __future__ import annotations
@@ -28,27 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv
-from pymongoarrow.api import Schema
-from pymongoarrow.context import PyMongoArrowContext
-from pymongoarrow.types import ObjectIdType
 
 from etl_defs.products.table import PRODUCT_COLUMNS, ProductRow
 from etl_defs.products.transform import MIN_PRICE, PG_INT_MAX, transform_product
 from etl_defs.sync.plan import BatchPlan, Change, Keyed, Rejection, SourceBatch
 
-#: What the columns of a Product document are decoded as (see the module's docstring for why floats).
-SOURCE_SCHEMA = Schema(
-    {
-        "_id": ObjectIdType(),
-        "title": pa.string(),
-        "price": pa.float64(),
-        "image": pa.string(),
-        "sellerId": ObjectIdType(),
-        "quantity": pa.float64(),
-    }
-)
-#: `quantity` again, as booleans only: a float64 column takes true as 1.0.
-BOOLEAN_QUANTITY_SCHEMA = Schema({"quantity": pa.bool_()})
 #: A `product` row's columns in Arrow (the Cart DB's integers fit int64).
 ROW_SCHEMA = pa.schema(
     [(name, {str: pa.string(), int: pa.int64()}[kind]) for name, kind in get_type_hints(ProductRow).items()]
@@ -56,16 +41,59 @@ ROW_SCHEMA = pa.schema(
 _COMPARED = [name for name in PRODUCT_COLUMNS if name != "id"]
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _OBJECT_ID_BYTES = 12
+#: A boolean element named `quantity`, as BSON spells it: type 0x08, the name, NUL.
+_BOOLEAN_QUANTITY = b"\x08quantity\x00"
+
+
+@cache
+def _schema() -> Any:
+    """What a Product document's columns are decoded as (see the module's docstring for why floats).
+
+    pymongoarrow is imported here, by the product sync's step alone: it imports pandas, which
+    every other Dagster process (code servers, sensors, the cart sync) would pay for at start-up.
+    """
+    from pymongoarrow.api import Schema
+    from pymongoarrow.types import ObjectIdType
+
+    return Schema(
+        {
+            "_id": ObjectIdType(),
+            "title": pa.string(),
+            "price": pa.float64(),
+            "image": pa.string(),
+            "sellerId": ObjectIdType(),
+            "quantity": pa.float64(),
+        }
+    )
+
+
+def _boolean_quantities(raw: bytes, count: int) -> pa.Array | None:
+    """Which of the `count` documents in `raw` may hold a boolean `quantity` (None: none can).
+
+    One search of the whole batch in the usual case; a document that merely contains those
+    bytes elsewhere (in a nested field, say) is flagged too, and the per-document path decides.
+    """
+    if _BOOLEAN_QUANTITY not in raw:
+        return None
+    flags = np.zeros(count, dtype=bool)
+    offset = 0
+    for index in range(count):
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        flags[index] = raw.find(_BOOLEAN_QUANTITY, offset, offset + size) >= 0
+        offset += size
+    return pa.array(flags)
 
 
 @cache
 def _blank_pattern() -> str:
     """A regex (RE2) matching a string that is empty or all whitespace, as Python's `str.isspace` sees it."""
-    spaces = "".join(f"\\x{{{code:x}}}" for code in range(sys.maxunicode + 1) if chr(code).isspace())
+    spaces = "".join(f"\\x{{{ord(space):x}}}" for space in filter(str.isspace, map(chr, range(sys.maxunicode + 1))))
     return f"^[{spaces}]*$"
 
 
-def _decode(raw: bytes, schema: Schema) -> pa.Table:
+def _decode(raw: bytes, schema: Any) -> pa.Table:
+    from pymongoarrow.context import PyMongoArrowContext
+
     context = PyMongoArrowContext(schema, codec_options=bson.DEFAULT_CODEC_OPTIONS, allow_invalid=True)
     context.process_bson_stream(raw)
     return context.finish()
@@ -97,19 +125,20 @@ def _whole(values: pa.ChunkedArray, low: int) -> pa.ChunkedArray:
     )
 
 
-def _plainly_valid(table: pa.Table, ids: pa.Array, sellers: pa.Array, boolean_quantity: pa.ChunkedArray) -> pa.Array:
+def _plainly_valid(table: pa.Table, ids: pa.Array, sellers: pa.Array, boolean_quantity: pa.Array | None) -> pa.Array:
     """The documents the columns take as they are: exact types, values in range (null counts as no)."""
     title, image = table["title"], table["image"]
     checks = [
         pc.is_valid(ids),
         pc.is_valid(sellers),
-        pc.is_null(boolean_quantity),
         _whole(table["price"], MIN_PRICE),
         _whole(table["quantity"], 0),
         pc.invert(pc.match_substring_regex(title, _blank_pattern())),
         pc.invert(pc.match_substring(title, "\x00")),
         pc.invert(pc.match_substring(image, "\x00")),
     ]
+    if boolean_quantity is not None:
+        checks.append(pc.invert(boolean_quantity))
     valid = checks[0]
     for check in checks[1:]:
         valid = pc.and_(valid, check)
@@ -138,11 +167,11 @@ def rows_table(rows: Iterable[ProductRow]) -> pa.Table:
 
 def decode_products(raw: bytes) -> SourceBatch[pa.Table]:
     """One raw BSON batch of Product documents (in `_id` order) -> its `product` rows and rejections."""
-    table = _decode(raw, SOURCE_SCHEMA)
+    table = _decode(raw, _schema())
     if not len(table):
         return SourceBatch(Keyed([], _rows(table, pa.array([], pa.string()), pa.array([], pa.string()))), [], [])
     ids, sellers = object_id_hex(table["_id"]), object_id_hex(table["sellerId"])
-    valid = _plainly_valid(table, ids, sellers, _decode(raw, BOOLEAN_QUANTITY_SCHEMA)["quantity"])
+    valid = _plainly_valid(table, ids, sellers, _boolean_quantities(raw, len(table)))
     keys = pc.drop_null(ids).to_pylist()  # every orderable key, as it arrived
     if pc.all(valid, min_count=0).as_py():
         return SourceBatch(Keyed(keys, _rows(table, ids, sellers)), [], keys)
@@ -168,7 +197,7 @@ def classify_products(rows: Keyed[pa.Table], found: Keyed[Any], consumed: set[st
     """Pair the source rows with the target rows of the same key interval, column by column.
 
     `missing`, `changed` and `orphaned` are tables (`changed` of the source rows: the write
-    needs nothing of the target's); `unchanged` the keys.
+    needs nothing of the target's); `unchanged` an array of the keys.
     """
     source = rows.records
     if not len(found):
@@ -186,14 +215,14 @@ def classify_products(rows: Keyed[pa.Table], found: Keyed[Any], consumed: set[st
     return BatchPlan(
         missing=source.filter(pc.invert(matched)),
         changed=source.filter(pc.and_(matched, pc.invert(same))),
-        unchanged=source["id"].filter(same).to_pylist(),
+        unchanged=source["id"].filter(same),
         orphaned=target.filter(pc.invert(pc.is_in(target["id"], value_set=seen))),
     )
 
 
-def record_keys(change: Change, records: pa.Table) -> list[str]:
-    """The keys of one class's rows in a plan."""
-    return records["id"].to_pylist()
+def record_keys(change: Change, records: pa.Table | pa.ChunkedArray) -> list[str]:
+    """The keys of one class's rows in a plan (`unchanged` holds the keys themselves)."""
+    return (records if change is Change.UNCHANGED else records["id"]).to_pylist()
 
 
 def read_csv_rows(chunks: Iterable[bytes], block_size: int) -> Iterator[pa.Table]:

@@ -93,13 +93,13 @@ class BatchPlan(Generic[Row, Tgt]):
 
     The fields hold the pipeline's records (lists, or Arrow tables): `missing` the source rows
     to insert; `changed`, `outdated` and `newer_in_target` the pairs found (as the pipeline
-    keeps them); `orphaned` the target records; `unchanged` the keys.
+    keeps them); `orphaned` the target records; `unchanged` the keys (a list, or an Arrow array).
     """
 
     missing: Any = field(default_factory=list)
     changed: Any = field(default_factory=list)
     outdated: Any = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
+    unchanged: Any = field(default_factory=list)
     orphaned: Any = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     newer_in_target: Any = field(default_factory=list)
@@ -128,8 +128,6 @@ class BatchPlan(Generic[Row, Tgt]):
 
     def keys(self, change: Change, spec: SyncSpec) -> list[str]:
         """The keys of one class, for reports and samples."""
-        if change is Change.UNCHANGED:
-            return list(self.unchanged)
         if change is Change.REJECTED:
             return [r.key for r in self.rejected]
         records = getattr(self, change.value)
@@ -146,7 +144,7 @@ class SyncSpec(Generic[Raw, Row, Tgt]):
     - `classify`: the source rows and the target records of the same key interval, and the
       keys of the source records rejected in it (their target records are consumed, not
       orphaned) -> a plan with every one of them in exactly one class;
-    - `record_keys`: the keys of one class's records in a plan, for reports.
+    - `record_keys`: the keys of one class's records in a plan (of its keys, for `unchanged`), for reports.
     """
 
     name: str
@@ -381,6 +379,8 @@ def row_spec(
         return plan
 
     def record_keys(change: Change, records: list[Any]) -> list[str]:
+        if change is Change.UNCHANGED:
+            return list(records)
         if change is Change.MISSING:
             return [source_key(row) for row in records]
         if change is Change.ORPHANED:

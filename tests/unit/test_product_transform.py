@@ -114,7 +114,7 @@ def test_the_columns_classify_each_key_of_an_interval_once() -> None:
         columns.product_records(columns.rows_table(rows)), columns.product_records(columns.rows_table(found)), {"e"}
     )
 
-    assert plan.unchanged == ["a"]
+    assert plan.unchanged.to_pylist() == ["a"]
     assert plan.changed["id"].to_pylist() == ["b"] and plan.changed["price"].to_pylist() == [100]
     assert plan.missing["id"].to_pylist() == ["c"]
     assert plan.orphaned["id"].to_pylist() == ["d"]  # "e" is a rejected source key's row: consumed
