@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import bson
 import dagster as dg
 from pymongo import monitoring
 
@@ -51,7 +52,11 @@ class MongoCommandCounter(monitoring.CommandListener):
         namespace = self._namespaces.pop(event.request_id, None)
         cursor = event.reply.get("cursor") if namespace else None
         if cursor:
-            self.documents_returned[namespace] += len(cursor.get("firstBatch", cursor.get("nextBatch", ())))
+            batch = cursor.get("firstBatch", cursor.get("nextBatch", ()))
+            # A raw-batch cursor (the product sync's) gets its batch as one BSON byte string.
+            self.documents_returned[namespace] += sum(
+                len(bson.decode_all(item)) if isinstance(item, bytes) else 1 for item in batch
+            )
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         self._namespaces.pop(event.request_id, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,11 @@ from local.stack import CART_DB, PRODUCT_DB, LocalStack
 PRODUCT_JOB, PRODUCT_PIPELINE = "product_sync_job", "products"
 CART_JOB, CART_PIPELINE = "cart_sync_job", "carts"
 BASELINE_RUNS = 2
+#: The keys of the keyed (change capture) product sync: spread over the whole table.
+KEYED_SAMPLE = 100
+PRODUCT_NAMESPACE = f"{PRODUCT_DB}.products"
+#: Sling's configurations (benchmarks/sling_peer.py), each its fastest exact way.
+SLING_CONFIGS = ("staging-upsert", "incremental")
 #: dlt's snake_case names of the Cart DB's product columns.
 DLT_COLUMNS = "id, title, price, image, seller_id, quantity"
 
@@ -129,7 +135,8 @@ class Bench:
 
     # ----- products -----
     def products(self, size: int, *, with_peers: bool = True) -> dict[str, Any]:
-        """Seed, bare scans, the sync, the no-change re-sync and (`with_peers`) dlt, for `size` products."""
+        """Seed, bare reads, the sync, the no-change re-sync and (`with_peers`) dlt, Sling and a keyed sync, for
+        `size` products."""
         seed.reset(self.stack)
         log(f"products {size}: seeding")
         seeded = self._inline(seed.seed_products, size)
@@ -137,14 +144,20 @@ class Bench:
         scans.scan_products_source(self.stack, self.settings.mongo_fetch_size)  # warm-up after the bulk load
         out: dict[str, Any] = {"seed": seeded["cost"]}
         if with_peers:
-            log(f"products {size}: bare scans")
-            out["scan_source"] = self._inline(scans.scan_products_source, self.settings.mongo_fetch_size)
+            log(f"products {size}: bare reads")
+            out["reads"] = {
+                name: self._inline(scan, self.settings.mongo_fetch_size) for name, scan in scans.PRODUCT_READS.items()
+            }
+            out["scan_source"] = out["reads"][scans.SYNC_READ]
             out["scan_target"] = self._inline(scans.scan_products_target, self.settings.pg_fetch_size)
+            out["drivers"] = self._drivers()
         out["sync"] = self._product_sync(size, f"products-{size}-sync")
         if not with_peers:
             return out
         out["resync"] = self._product_sync(size, f"products-{size}-resync")
         out["dlt"] = {config.name: self._dlt(size, config) for config in self.settings.dlt_configs}
+        out["sling"] = {config: self._sling(size, config) for config in SLING_CONFIGS}
+        out["keyed"] = self._keyed_sync(size)
         if not out["sync"]["verify"]["ok"]:
             seed.load_exact_products(self.stack, size)  # the cart phase needs the products a correct sync leaves
         return out
@@ -157,6 +170,33 @@ class Bench:
         figures["rows_written"] = verify.rows_written_since(self.stack, before)
         figures["verify"] = verify.verify_products(self.stack, size)
         return figures
+
+    def _keyed_sync(self, size: int) -> dict[str, Any]:
+        """A keyed product sync (what change capture runs) of KEYED_SAMPLE products spread over the table,
+        with every MongoDB command counted."""
+        keys = sorted(str(data.product_doc(index)["_id"]) for index in range(0, size, size // KEYED_SAMPLE))
+        log(f"products {size}: keyed {PRODUCT_JOB} of {len(keys)} keys (monitored)")
+        figures = self.jobs.run_monitored(
+            PRODUCT_JOB, PRODUCT_PIPELINE, self._run_config(keys=keys), f"products-{size}-keyed"
+        )
+        figures["keys"] = len(keys)
+        figures["documents_returned"] = figures["mongo"]["documents_returned"].get(PRODUCT_NAMESPACE, 0)
+        figures["verify"] = verify.verify_products(self.stack, size)
+        return figures
+
+    def _drivers(self) -> dict[str, Any]:
+        """The drivers' own work of the product sync, each in a fresh process: pymongo decoding the five
+        fields, psycopg reading the target rows (CPU of the read alone)."""
+        work = {
+            "mongo": ("drivers-mongo", self.stack.mongo_url(PRODUCT_DB), self.settings.mongo_fetch_size),
+            "postgres": ("drivers-postgres", self.stack.pg_url(CART_DB), self.settings.pg_fetch_size),
+        }
+        out = {}
+        for name, (mode, url, fetch_size) in work.items():
+            command = [sys.executable, "-m", "benchmarks.scans", mode, url, str(fetch_size)]
+            printed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
+            out[name] = json.loads(printed)
+        return out
 
     def _dlt(self, size: int, config: DltConfig) -> dict[str, Any]:
         """dlt's merge of the products into its own dataset, which first holds the drifted rows (untimed)."""
@@ -191,6 +231,32 @@ class Bench:
         figures["verify"] = verify.verify_products(self.stack, size, f"{config.dataset}.{TABLE}", DLT_COLUMNS)
         return figures
 
+    def _sling(self, size: int, config: str) -> dict[str, Any]:
+        """Sling's run into its own schema, which first holds the drifted rows (untimed)."""
+        from benchmarks.sling_peer import TABLE  # imported here: the other steps need no Sling
+
+        schema = "sling_" + config.replace("-", "_")
+        options = {
+            "--products": size,
+            "--mongo-url": self.stack.mongo_url(PRODUCT_DB),
+            "--pg-url": self.stack.pg_url(CART_DB),
+            "--schema": schema,
+            "--config": config,
+            "--work-dir": self.state_dir / "sling",
+        }
+        figures: dict[str, Any] = {}
+        for mode in ("drifted", "merge"):
+            log(f"products {size}: Sling {config}, {mode}")
+            name = f"products-{size}-{schema}-{mode}"
+            out = self.state_dir / f"{name}.json"
+            command = [sys.executable, "-m", "benchmarks.sling_peer", mode, "--out", str(out)]
+            command += [str(part) for option in options.items() for part in option]
+            log_file = self.state_dir / f"{name}.log"
+            cost = measure_process(command, env=dict(os.environ), cwd=REPO, log=log_file, servers=self.servers)
+            figures[mode] = {"cost": cost.as_dict(), **json.loads(out.read_text())}
+        figures["verify"] = verify.verify_products(self.stack, size, f"{schema}.{TABLE}")
+        return figures
+
     # ----- carts -----
     def carts(self, size: int) -> dict[str, Any]:
         """Seed `size` carts over `size` products (the product phase left them exact), then measure the cart sync."""
@@ -201,6 +267,7 @@ class Bench:
         scans.scan_order_carts(self.stack, self.settings.mongo_fetch_size)  # warm-up after the bulk load
         log(f"carts {size}: bare scans")
         out["scan_order"] = self._inline(scans.scan_order_carts, self.settings.mongo_fetch_size)
+        out["scan_order_natural"] = self._inline(scans.scan_order_natural, self.settings.mongo_fetch_size)
         out["scan_cart"] = self._inline(scans.scan_carts_source, self.settings.pg_fetch_size)
         out["sync"] = self._cart_sync(size, f"carts-{size}-sync", monitored=False)
         log(f"carts {size}: drift planted again for the monitored run")

@@ -68,17 +68,39 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 def product_rows(size: int, products: dict[str, Any], baselines: dict[str, Any]) -> list[tuple[str, ...]]:
     base = baselines["product_sync_job"]
-    rows = [
-        _row("seed (insert_many + COPY)", {"cost": products["seed"]}, size),
-        _row("bare scan, source (MongoDB find)", products["scan_source"], size),
-        _row("bare scan, target (PostgreSQL SELECT)", products["scan_target"], products["scan_target"]["result"]),
+    rows = [_row("seed (insert_many + COPY)", {"cost": products["seed"]}, size)]
+    rows += [_row(f"bare read, MongoDB: {name}", run, run["result"]) for name, run in products["reads"].items()]
+    rows += [
+        _row(
+            "bare read, PostgreSQL: the target rows (SELECT)",
+            products["scan_target"],
+            products["scan_target"]["result"],
+        ),
         _row("**product_sync_job**", products["sync"], size, base),
         _row("no-change re-sync", products["resync"], size, base),
+        _row(
+            f"keyed sync of {products['keyed']['keys']} products (monitored)",
+            products["keyed"],
+            products["keyed"]["keys"],
+        ),
     ]
-    for name, run in products["dlt"].items():
-        merge = {**run["merge"], "verify": run["verify"]}
-        rows.append(_row(f"dlt {name} (merge)", merge, size, run_s=merge["run_s"]))
+    for peer in ("dlt", "sling"):
+        for name, run in products[peer].items():
+            merge = {**run["merge"], "verify": run["verify"]}
+            rows.append(
+                _row(f"{'Sling' if peer == 'sling' else peer} {name} (merge)", merge, size, run_s=merge["run_s"])
+            )
     return rows
+
+
+def drivers_note(products: dict[str, Any]) -> str:
+    """The drivers' own work the sync's client CPU is held against."""
+    mongo, postgres = products["drivers"]["mongo"], products["drivers"]["postgres"]
+    return (
+        f"The drivers' own work (fresh processes, the read alone): pymongo decoding the five synced fields of "
+        f"{mongo['rows']:,} documents {mongo['cpu_s']:.2f} s CPU; psycopg reading {postgres['rows']:,} target rows "
+        f"{postgres['cpu_s']:.2f} s CPU."
+    )
 
 
 def dlt_note(products: dict[str, Any]) -> str:
@@ -101,7 +123,12 @@ def cart_rows(size: int, carts: dict[str, Any], baselines: dict[str, Any]) -> li
     written = carts["bulk_write"]["result"][0]
     return [
         _row("seed (COPY + insert_many)", {"cost": carts["seed"]}, size),
-        _row("bare scan, Order side (MongoDB find)", carts["scan_order"], carts["scan_order"]["result"]),
+        _row("bare read, Order side (MongoDB find, cartId order)", carts["scan_order"], carts["scan_order"]["result"]),
+        _row(
+            "bare read, Order side (MongoDB find, natural order)",
+            carts["scan_order_natural"],
+            carts["scan_order_natural"]["result"],
+        ),
         _row("bare scan, Cart side (PostgreSQL SELECT)", carts["scan_cart"], size),
         _row("**cart_sync_job**", carts["sync"], size, base),
         _row("cart_sync_job, monitored (2nd run)", carts["sync_monitored"], size),
@@ -147,15 +174,20 @@ MONGODB_FETCH_SIZE={mongo_fetch} and POSTGRES_FETCH_SIZE={pg_fetch} (the bare sc
   there (a lower version), 1% stale (same version, another price). Seeded with `insert_many` in chunks of
   10,000 and `COPY`, then `VACUUM ANALYZE`, then one full scan to warm SecantusDB (its first scan after a
   bulk load is much slower); again after the drift is planted a second time.
-- **Bare scans** (the floors): the sync's own queries and nothing else, every document or row decoded.
-  Products: `find({{}}).sort("_id").hint("_id_")` (whole documents, as the sync reads them) and
-  `SELECT ... ORDER BY id COLLATE "C"` through a server-side cursor. Carts:
-  `find({{"cartId": {{"$type": "string"}}}}, CART_DOC_PROJECTION)
-  .sort("cartId").hint("cartId_1")` and the cart sync's `cart LEFT JOIN product` SELECT. The bare
-  `bulk_write` is unordered `UpdateOne`s by cartId with `$set` (the synced fields and a new `updatedAt`),
-  in chunks of 1,000, of the documents the sync wrote, after the sync. The bare steps run in the harness
-  process; their client CPU is its CPU time meanwhile. The product sync's floor is the slower of its two
-  bare scans.
+- **Bare reads** (the floors): each side's reads and nothing else, every document or row decoded.
+  Products, every shape the server offers: whole documents and the five synced fields projected, each in
+  natural order (`find({{}})`) and in `_id` order along the `_id_` index (`.sort("_id").hint("_id_")`,
+  the sync's query, which it reads whole), and the sync's own read and decode (pymongoarrow on the raw
+  batches); the product sync is held against the fastest of them. Target: `SELECT ... ORDER BY id COLLATE
+  "C"` through a server-side cursor. Carts: the Order documents in `cartId` order
+  (`find({{"cartId": {{"$type": "string"}}}}, CART_DOC_PROJECTION).sort("cartId").hint("cartId_1")`) and
+  whole in natural order, and the cart sync's `cart LEFT JOIN product` SELECT. The bare `bulk_write` is
+  unordered `UpdateOne`s by cartId with `$set` (the synced fields and a new `updatedAt`), in chunks of
+  1,000, of the documents the sync wrote, after the sync. The bare steps run in the harness process; their
+  client CPU is its CPU time meanwhile.
+- **The drivers' own work** (what the sync's client CPU is held against): in two fresh processes,
+  pymongo decoding the five synced fields of every product and psycopg reading every target row, the
+  CPU of the read alone (`time.process_time()` around it).
 - **Run time** of a sync is the duration in its summary line (`... sync applied: ...; 12.34s`): the sync
   loop, without Dagster's start-up. The baseline is the same job on empty databases: after a warm-up run
   (which creates the instance's storage), the minimum of each figure over two runs. "wall - baseline" and
@@ -171,6 +203,9 @@ MONGODB_FETCH_SIZE={mongo_fetch} and POSTGRES_FETCH_SIZE={pg_fetch} (the bare sc
   `pipeline.run(..., loader_file_format=FORMAT)` into its own dataset in the Cart DB, which first holds the
   same drifted rows (loaded by dlt, untimed). Its run time is `pipeline.run`'s; its wall includes the
   interpreter's start-up and dlt's imports, as the sync's wall includes Dagster's.
+- **Sling** (`sling-linux-amd64`, the binary in its wheel): `benchmarks/sling_peer.py`, each configuration
+  into its own schema of the Cart DB that first holds the same drifted rows (untimed); its wall includes
+  the interpreter's start-up, as the sync's wall includes Dagster's.
 - **MongoDB commands** are counted by a `pymongo.monitoring.CommandListener` in a wrapper process that
   runs the job with `execute_in_process`: second runs, after the drift is planted again (the CLI runs are
   the timed ones)."""
@@ -225,6 +260,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"## {n:,} products",
             _table(product_rows(n, figures["products"], baselines)),
             dlt_note(figures["products"]),
+            drivers_note(figures["products"]),
             f"## {n:,} carts",
             _table(cart_rows(n, figures["carts"], baselines)),
             mongo_counts(figures["carts"]),
@@ -258,7 +294,9 @@ def frame(results: dict[str, Any]) -> pd.DataFrame:
     for size, figures in results["sizes"].items():
         n, products, carts = int(size), figures["products"], figures["carts"]
         best = bounds_module.fastest_dlt(products)
-        cart_floor = carts["scan_order"]["cost"]["wall_s"] + carts["bulk_write"]["cost"]["wall_s"]
+        sling = bounds_module.fastest_exact(products["sling"])
+        order_read = min(carts["scan_order"]["cost"]["wall_s"], carts["scan_order_natural"]["cost"]["wall_s"])
+        cart_floor = order_read + carts["bulk_write"]["cost"]["wall_s"]
         records.append(
             {
                 "N": n,
@@ -266,12 +304,14 @@ def frame(results: dict[str, Any]) -> pd.DataFrame:
                 "product sync incl. start-up": n / products["sync"]["cost"]["wall_s"],
                 "dlt fastest": n / best[1]["merge"]["run_s"] if best else None,
                 "dlt fastest incl. start-up": n / best[1]["merge"]["cost"]["wall_s"] if best else None,
-                "bare-scan floor": n / bounds_module.scan_floor_s(products),
+                "Sling fastest incl. start-up": n / sling[1]["merge"]["cost"]["wall_s"] if sling else None,
+                "fastest bare read": n / bounds_module.fastest_read(products)[1],
                 "cart sync": n / carts["sync"]["summary"]["duration_s"],
-                "cart floor (Order scan + bulk_write)": n / cart_floor,
+                "cart floor (fastest Order read + bulk_write)": n / cart_floor,
                 "rss product sync": products["sync"]["cost"]["peak_rss_mb"],
                 "rss cart sync": carts["sync"]["cost"]["peak_rss_mb"],
                 "rss dlt fastest": best[1]["merge"]["cost"]["peak_rss_mb"] if best else None,
+                "rss Sling fastest": sling[1]["merge"]["cost"]["peak_rss_mb"] if sling else None,
             }
         )
     return pd.DataFrame.from_records(records).sort_values("N").set_index("N")
@@ -281,10 +321,10 @@ def plot_throughput(results: dict[str, Any], path: Path) -> None:
     """Rows per second against N: products (ours, dlt, the floor) and carts (ours, the floor)."""
     data = frame(results)
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    product_columns = ["product sync", "product sync incl. start-up", "dlt fastest", "dlt fastest incl. start-up"]
-    data[[*product_columns, "bare-scan floor"]].plot(ax=left, marker="o", logx=True)
+    product_columns = ["product sync", "product sync incl. start-up", "dlt fastest incl. start-up"]
+    data[[*product_columns, "Sling fastest incl. start-up", "fastest bare read"]].plot(ax=left, marker="o", logx=True)
     left.set_title("Products: rows per second")
-    data[["cart sync", "cart floor (Order scan + bulk_write)"]].plot(ax=right, marker="o", logx=True)
+    data[["cart sync", "cart floor (fastest Order read + bulk_write)"]].plot(ax=right, marker="o", logx=True)
     right.set_title("Carts: rows per second")
     for axes in (left, right):
         axes.set_xlabel("N (products, carts)")
@@ -297,8 +337,13 @@ def plot_throughput(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_peak_rss(results: dict[str, Any], path: Path) -> None:
-    """Peak RSS against N, with the 200 MB bound; the product sync's reference-size run included."""
-    names = {"rss product sync": "product sync", "rss cart sync": "cart sync", "rss dlt fastest": "dlt fastest"}
+    """Peak RSS against N, with the RSS bound; the product sync's reference-size run included."""
+    names = {
+        "rss product sync": "product sync",
+        "rss cart sync": "cart sync",
+        "rss dlt fastest": "dlt fastest",
+        "rss Sling fastest": "Sling fastest",
+    }
     data = frame(results)[list(names)].rename(columns=names)
     reference = results["setup"]["rss_reference_size"]
     if reference not in data.index:

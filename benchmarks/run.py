@@ -1,9 +1,10 @@
-"""The benchmark: the sync jobs against the bare scans of their own queries and against dlt, checked for exactness.
+"""The benchmark: the sync jobs against the bare reads and against dlt and Sling, checked for exactness.
 
     .venv/bin/python -m benchmarks.run --sizes 200000 1000000
 
 One run, one private local stack on free ports: the CLI start-up baselines, then for each
-size the product phase (seed, bare scans, sync, no-change re-sync, dlt) and the cart phase
+size the product phase (seed, bare reads, the drivers' own work, sync, no-change re-sync, dlt,
+Sling, a keyed sync) and the cart phase
 (seed, bare scans, sync, monitored sync, bare bulk_write, user_id syncs), and a product
 sync at the RSS reference size. Writes benchmarks/results.json, RESULTS.md and the plots.
 """
@@ -31,7 +32,18 @@ from local.stack import CART_DB, LocalStack, free_port
 HERE = Path(__file__).resolve().parent
 #: dlt's candidates for its fastest merge: COPY of CSV with each strategy, and ADBC parquet (see RESULTS.md).
 DEFAULT_DLT_CONFIGS = ["csv/delete-insert", "csv/upsert", "parquet/upsert"]
-PACKAGES = ("dagster", "pymongo", "psycopg", "sqlalchemy", "secantusdb", "dlt", "pyarrow", "adbc-driver-postgresql")
+PACKAGES = (
+    "dagster",
+    "pymongo",
+    "pymongoarrow",
+    "psycopg",
+    "sqlalchemy",
+    "secantusdb",
+    "dlt",
+    "sling-linux-amd64",
+    "pyarrow",
+    "adbc-driver-postgresql",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

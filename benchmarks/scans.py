@@ -1,18 +1,29 @@
-"""The floors: each side's read with the sync's own query and nothing else, and a bare bulk write.
+"""The floors: each side's bare reads, in every shape the server offers, and a bare bulk write.
 
-A scan decodes every document or row (pymongo builds each dict, psycopg each tuple) and
-counts it; it does no transform, comparison or write. `fetch_size` is the documents or
-rows per round trip, the same the jobs are given (MONGODB_FETCH_SIZE, POSTGRES_FETCH_SIZE).
+A scan decodes every document or row (pymongo builds each dict, psycopg each tuple,
+pymongoarrow each column) and counts it; it does no transform, comparison or write.
+`fetch_size` is the documents or rows per round trip, the same the jobs are given
+(MONGODB_FETCH_SIZE, POSTGRES_FETCH_SIZE).
+
+    python -m benchmarks.scans drivers-mongo MONGO_URL FETCH_SIZE
+    python -m benchmarks.scans drivers-postgres PG_URL FETCH_SIZE
+
+run the drivers' own work of the product sync in a fresh process (pymongo decoding the five
+synced fields; psycopg reading the target rows) and print its rows and CPU seconds (the read
+alone, the interpreter's start-up excluded) as JSON.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from pymongo import UpdateOne
+from pymongo import MongoClient, UpdateOne
 
 from benchmarks.seed import WRITE_CHUNK, carts_collection, chunked, products_collection
 from etl_defs.carts.endpoints import SCAN_SQL as CART_SYNC_SCAN_SQL  # the cart sync's whole-table query
@@ -33,13 +44,65 @@ def _count(items: Iterable[Any]) -> int:
     return sum(1 for _ in items)
 
 
-def scan_products_source(stack: LocalStack, fetch_size: int) -> int:
-    """The product sync's source read: whole documents in `_id` order along the `_id_` index (the embedded
-    server serves them faster than the five fields projected, and as fast as in natural order)."""
+def _scan_products(stack: LocalStack, fetch_size: int, *, projected: bool, ordered: bool) -> int:
     collection = products_collection(stack)
-    cursor = collection.find({}).sort("_id", 1).hint("_id_").batch_size(fetch_size)
+    cursor = collection.find({}, PRODUCT_PROJECTION if projected else None).batch_size(fetch_size)
+    if ordered:
+        cursor = cursor.sort("_id", 1).hint("_id_")
     try:
         return _count(cursor)
+    finally:
+        collection.database.client.close()
+
+
+def scan_products_source(stack: LocalStack, fetch_size: int) -> int:
+    """The product sync's source query: whole documents in `_id` order along the `_id_` index."""
+    return _scan_products(stack, fetch_size, projected=False, ordered=True)
+
+
+def scan_products_natural(stack: LocalStack, fetch_size: int) -> int:
+    """Whole documents in natural order (a collection scan, no sort)."""
+    return _scan_products(stack, fetch_size, projected=False, ordered=False)
+
+
+def scan_products_projected(stack: LocalStack, fetch_size: int) -> int:
+    """The five synced fields projected, in `_id` order along the `_id_` index (the sync's read before)."""
+    return _scan_products(stack, fetch_size, projected=True, ordered=True)
+
+
+def scan_products_projected_natural(stack: LocalStack, fetch_size: int) -> int:
+    """The five synced fields projected, in natural order."""
+    return _scan_products(stack, fetch_size, projected=True, ordered=False)
+
+
+def scan_products_arrow(stack: LocalStack, fetch_size: int) -> int:
+    """The product sync's source read and decode: raw BSON batches in `_id` order into Arrow columns."""
+    from etl_defs.products.columns import decode_products
+
+    collection = products_collection(stack)
+    batches = collection.find_raw_batches({}).sort("_id", 1).hint("_id_").batch_size(fetch_size)
+    try:
+        return sum(len(decode_products(raw).keys) for raw in batches)
+    finally:
+        collection.database.client.close()
+
+
+SYNC_READ = "whole, _id order (the sync's query)"
+#: The product source's bare reads (name: scan), the fastest of which the sync is measured against.
+PRODUCT_READS = {
+    SYNC_READ: scan_products_source,
+    "whole, natural order": scan_products_natural,
+    "5 fields projected, _id order": scan_products_projected,
+    "5 fields projected, natural order": scan_products_projected_natural,
+    "pymongoarrow, whole, _id order (the sync's read and decode)": scan_products_arrow,
+}
+
+
+def scan_order_natural(stack: LocalStack, fetch_size: int) -> int:
+    """Whole Order documents in natural order (a collection scan, no sort)."""
+    collection = carts_collection(stack)
+    try:
+        return _count(collection.find({}).batch_size(fetch_size))
     finally:
         collection.database.client.close()
 
@@ -100,3 +163,34 @@ def bulk_write_carts(stack: LocalStack, rows: Iterable[CartRow]) -> tuple[int, i
     finally:
         collection.database.client.close()
     return matched, commands
+
+
+def drivers_mongo(url: str, fetch_size: int) -> dict[str, float]:
+    """pymongo decoding the five synced fields of every product (projected, natural order): rows and CPU s."""
+    client = MongoClient(url)
+    collection = client.get_default_database()["products"]
+    collection.find_one({}, {"_id": 1})  # connected and authenticated before the clock starts
+    started = time.process_time()
+    rows = _count(collection.find({}, PRODUCT_PROJECTION).batch_size(fetch_size))
+    cpu = time.process_time() - started
+    client.close()
+    return {"rows": rows, "cpu_s": cpu}
+
+
+def drivers_postgres(url: str, fetch_size: int) -> dict[str, float]:
+    """psycopg reading the target rows through a server-side cursor: rows and CPU s."""
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT 1")
+        started = time.process_time()
+        rows = 0
+        with conn.cursor(name="drivers_scan") as cursor:
+            cursor.itersize = fetch_size
+            cursor.execute(PRODUCT_SCAN_SQL)
+            while batch := cursor.fetchmany(fetch_size):
+                rows += len(batch)
+        return {"rows": rows, "cpu_s": time.process_time() - started}
+
+
+if __name__ == "__main__":
+    work = {"drivers-mongo": drivers_mongo, "drivers-postgres": drivers_postgres}[sys.argv[1]]
+    print(json.dumps(work(sys.argv[2], int(sys.argv[3]))))

@@ -568,7 +568,10 @@ def test_small_batches_give_the_same_result_as_one_batch(
         expected[cart.id] = expected_doc(cart, drift.products[cart.productId])
     assert {key: synced(doc) for key, doc in order_docs(dbs).items()} == expected
     out = figures(result)
-    assert (out["batches"], out["source_rows"], out["orphaned"], out["inserted"], out["updated"]) == (9, 16, 1, 10, 2)
+    assert (out["source_rows"], out["orphaned"], out["inserted"], out["updated"]) == (16, 1, 10, 2)
+    # Eight plans of two source rows; a ninth when the orphan's key falls where a plan already holds two
+    # target records (a plan takes at most batch_size of each side).
+    assert out["batches"] in (8, 9)
 
 
 def test_a_dry_run_reports_the_plan_and_writes_nothing(
