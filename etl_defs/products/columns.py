@@ -172,7 +172,7 @@ def decode_products(raw: bytes) -> SourceBatch[pa.Table]:
         return SourceBatch(Keyed([], _rows(table, pa.array([], pa.string()), pa.array([], pa.string()))), [], [])
     ids, sellers = object_id_hex(table["_id"]), object_id_hex(table["sellerId"])
     valid = _plainly_valid(table, ids, sellers, _boolean_quantities(raw, len(table)))
-    keys = pc.drop_null(ids).to_pylist()  # every orderable key, as it arrived
+    keys = texts(pc.drop_null(ids))  # every orderable key, as it arrived
     if pc.all(valid, min_count=0).as_py():
         return SourceBatch(Keyed(keys, _rows(table, ids, sellers)), [], keys)
     rows = _rows(table.filter(valid), ids.filter(valid), sellers.filter(valid))
@@ -185,12 +185,17 @@ def decode_products(raw: bytes) -> SourceBatch[pa.Table]:
     if accepted:
         rows = pa.concat_tables([rows, rows_table(accepted)])
         rows = rows.take(pc.sort_indices(rows["id"]))  # back in key order (a batch arrives in it)
-    return SourceBatch(Keyed(rows["id"].to_pylist(), rows), rejected, keys)
+    return SourceBatch(Keyed(texts(rows["id"]), rows), rejected, keys)
+
+
+def texts(array: pa.Array | pa.ChunkedArray) -> list[str]:
+    """A string column as Python strings: through NumPy, about 20x cheaper than `to_pylist()`."""
+    return array.to_numpy(zero_copy_only=False).tolist()
 
 
 def product_records(table: pa.Table) -> Keyed[pa.Table]:
     """A table of `product` rows (in key order) as the merge takes it."""
-    return Keyed(table["id"].to_pylist(), table)
+    return Keyed(texts(table["id"]), table)
 
 
 def classify_products(rows: Keyed[pa.Table], found: Keyed[Any], consumed: set[str]) -> BatchPlan:
@@ -222,7 +227,7 @@ def classify_products(rows: Keyed[pa.Table], found: Keyed[Any], consumed: set[st
 
 def record_keys(change: Change, records: pa.Table | pa.ChunkedArray) -> list[str]:
     """The keys of one class's rows in a plan (`unchanged` holds the keys themselves)."""
-    return (records if change is Change.UNCHANGED else records["id"]).to_pylist()
+    return texts(records if change is Change.UNCHANGED else records["id"])
 
 
 def read_csv_rows(chunks: Iterable[bytes], block_size: int) -> Iterator[pa.Table]:
