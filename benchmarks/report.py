@@ -180,8 +180,8 @@ MONGODB_FETCH_SIZE={mongo_fetch} and POSTGRES_FETCH_SIZE={pg_fetch} (the bare sc
   the sync's query, which it reads whole), and the sync's own read and decode (pymongoarrow on the raw
   batches); the product sync is held against the fastest of them. Target: `SELECT ... ORDER BY id COLLATE
   "C"` through a server-side cursor. Carts: the Order documents in `cartId` order
-  (`find({{"cartId": {{"$type": "string"}}}}, CART_DOC_PROJECTION).sort("cartId").hint("cartId_1")`) and
-  whole in natural order, and the cart sync's `cart LEFT JOIN product` SELECT. The bare `bulk_write` is
+  (`find({{"cartId": {{"$type": "string"}}}}).sort("cartId").hint("cartId_1")`, whole, as the cart sync
+  reads them) and whole in natural order, and the cart sync's `cart LEFT JOIN product` SELECT. The bare `bulk_write` is
   unordered `UpdateOne`s by cartId with `$set` (the synced fields and a new `updatedAt`), in chunks of
   1,000, of the documents the sync wrote, after the sync. The bare steps run in the harness process; their
   client CPU is its CPU time meanwhile.

@@ -28,7 +28,7 @@ from pymongo import MongoClient, UpdateOne
 from benchmarks.seed import WRITE_CHUNK, carts_collection, chunked, products_collection
 from etl_defs.carts.endpoints import SCAN_SQL as CART_SYNC_SCAN_SQL  # the cart sync's whole-table query
 from etl_defs.carts.table import CART_ID_INDEX
-from etl_defs.carts.transform import CART_DOC_PROJECTION, CartRow
+from etl_defs.carts.transform import CartRow
 from etl_defs.products.table import SELECT_PRODUCTS_SQL
 from local.stack import CART_DB, LocalStack
 
@@ -108,11 +108,9 @@ def scan_order_natural(stack: LocalStack, fetch_size: int) -> int:
 
 
 def scan_order_carts(stack: LocalStack, fetch_size: int) -> int:
-    """The cart sync's target read: projected Order documents in `cartId` order along `cartId_1`."""
+    """The cart sync's target read: whole Order documents in `cartId` order along `cartId_1`."""
     collection = carts_collection(stack)
-    cursor = (
-        collection.find(ORDER_QUERY, CART_DOC_PROJECTION).sort("cartId", 1).hint(CART_ID_INDEX).batch_size(fetch_size)
-    )
+    cursor = collection.find(ORDER_QUERY).sort("cartId", 1).hint(CART_ID_INDEX).batch_size(fetch_size)
     try:
         return _count(cursor)
     finally:

@@ -19,7 +19,6 @@ contract's minimum, so it already goes there).
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import Any, get_type_hints
@@ -84,11 +83,13 @@ def _boolean_quantities(raw: bytes, count: int) -> pa.Array | None:
     return pa.array(flags)
 
 
-@cache
-def _blank_pattern() -> str:
-    """A regex (RE2) matching a string that is empty or all whitespace, as Python's `str.isspace` sees it."""
-    spaces = "".join(f"\\x{{{ord(space):x}}}" for space in filter(str.isspace, map(chr, range(sys.maxunicode + 1))))
-    return f"^[{spaces}]*$"
+#: Every character `str.isspace` accepts (tests/unit/test_product_transform.py checks the list against it).
+PYTHON_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+#: A regex (RE2) matching a string that is empty or all whitespace, as Python's `str.isspace` sees it.
+_BLANK = "^[" + "".join(f"\\x{{{ord(space):x}}}" for space in PYTHON_WHITESPACE) + "]*$"
 
 
 def _decode(raw: bytes, schema: Any) -> pa.Table:
@@ -133,7 +134,7 @@ def _plainly_valid(table: pa.Table, ids: pa.Array, sellers: pa.Array, boolean_qu
         pc.is_valid(sellers),
         _whole(table["price"], MIN_PRICE),
         _whole(table["quantity"], 0),
-        pc.invert(pc.match_substring_regex(title, _blank_pattern())),
+        pc.invert(pc.match_substring_regex(title, _BLANK)),
         pc.invert(pc.match_substring(title, "\x00")),
         pc.invert(pc.match_substring(image, "\x00")),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import bson
 import pytest
@@ -182,3 +183,9 @@ def test_rows_go_through_csv_and_back_whole_however_the_stream_is_cut() -> None:
         chunks = [payload[i : i + size] for i in range(0, len(payload), size)]
         tables = list(columns.read_csv_rows(chunks, block_size=size))
         assert [ProductRow(**row) for table in tables for row in table.to_pylist()] == rows
+
+
+def test_the_columns_know_every_whitespace_character_python_does() -> None:
+    every = "".join(filter(str.isspace, map(chr, range(sys.maxunicode + 1))))
+
+    assert every == columns.PYTHON_WHITESPACE
