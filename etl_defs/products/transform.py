@@ -1,4 +1,9 @@
-"""Pure transform of a Product service document into a Cart DB `product` row."""
+"""Pure transform of a Product service document into a Cart DB `product` row: the contract's rules,
+with a reason for every rejection.
+
+The product sync checks the plainly valid case column-wise (`columns.py`) and sends here only
+the documents the columns do not take, which this accepts as the contract says or rejects.
+"""
 
 from __future__ import annotations
 
@@ -84,8 +89,8 @@ def _row(doc: Mapping[str, Any], key: str) -> ProductRow:
 def _valid_row(doc: Mapping[str, Any], _id: ObjectId) -> ProductRow | None:
     """The row of a document that is plainly valid (exact types, values in range), else None.
 
-    This runs once per product, so it checks the common case in one expression; anything
-    it does not accept goes through `_row`, which accepts or rejects it with a reason.
+    The common case in one expression; anything it does not accept goes through `_row`,
+    which accepts or rejects it with a reason.
     """
     title, price, image = doc.get("title"), doc.get("price"), doc.get("image")
     seller, quantity = doc.get("sellerId"), doc.get("quantity")
