@@ -218,17 +218,23 @@ class Bench:
             "DLT_DATA_DIR": str(self.state_dir / "dlt-data"),
             **config.env(),
         }
+        label, name = f"products {size}: dlt {config.name}", f"products-{size}-{config.dataset}"
+        figures = self._peer(label, "benchmarks.dlt_peer", name, options, env)
+        figures["verify"] = verify.verify_products(self.stack, size, f"{config.dataset}.{TABLE}", DLT_COLUMNS)
+        return figures
+
+    def _peer(self, label: str, module: str, name: str, options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+        """A peer's two runs (`python -m module drifted|merge`): the drifted rows loaded (untimed), then the
+        timed merge; each one's cost and the JSON it wrote."""
         figures: dict[str, Any] = {}
         for mode in ("drifted", "merge"):
-            log(f"products {size}: dlt {config.name}, {mode}")
-            name = f"products-{size}-{config.dataset}-{mode}"
-            out = self.state_dir / f"{name}.json"
-            command = [sys.executable, "-m", "benchmarks.dlt_peer", mode, "--out", str(out)]
+            log(f"{label}, {mode}")
+            out = self.state_dir / f"{name}-{mode}.json"
+            command = [sys.executable, "-m", module, mode, "--out", str(out)]
             command += [str(part) for option in options.items() for part in option]
-            log_file = self.state_dir / f"{name}.log"
+            log_file = self.state_dir / f"{name}-{mode}.log"
             cost = measure_process(command, env=env, cwd=REPO, log=log_file, servers=self.servers)
             figures[mode] = {"cost": cost.as_dict(), **json.loads(out.read_text())}
-        figures["verify"] = verify.verify_products(self.stack, size, f"{config.dataset}.{TABLE}", DLT_COLUMNS)
         return figures
 
     def _sling(self, size: int, config: str) -> dict[str, Any]:
@@ -244,16 +250,10 @@ class Bench:
             "--config": config,
             "--work-dir": self.state_dir / "sling",
         }
-        figures: dict[str, Any] = {}
-        for mode in ("drifted", "merge"):
-            log(f"products {size}: Sling {config}, {mode}")
-            name = f"products-{size}-{schema}-{mode}"
-            out = self.state_dir / f"{name}.json"
-            command = [sys.executable, "-m", "benchmarks.sling_peer", mode, "--out", str(out)]
-            command += [str(part) for option in options.items() for part in option]
-            log_file = self.state_dir / f"{name}.log"
-            cost = measure_process(command, env=dict(os.environ), cwd=REPO, log=log_file, servers=self.servers)
-            figures[mode] = {"cost": cost.as_dict(), **json.loads(out.read_text())}
+        name = f"products-{size}-{schema}"
+        figures = self._peer(
+            f"products {size}: Sling {config}", "benchmarks.sling_peer", name, options, dict(os.environ)
+        )
         figures["verify"] = verify.verify_products(self.stack, size, f"{schema}.{TABLE}")
         return figures
 
