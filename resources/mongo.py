@@ -17,6 +17,7 @@ from pymongo.database import Database
 from pymongo.errors import AutoReconnect, ConnectionFailure, CursorNotFound, PyMongoError, ServerSelectionTimeoutError
 
 from resources.errors import DatabaseUnavailableError, first_line
+from resources.raw_batches import commands_reach_the_cursor, find_command_batches
 
 #: The most documents a streamed read may ask the server for per round trip.
 MAX_FETCH_SIZE = 100_000
@@ -155,14 +156,32 @@ class MongoResource(dg.ConfigurableResource):
         index_to: Any = None,
     ) -> Iterator[bytes]:
         """`find_in_batches`, as the server's raw BSON batches (for a columnar decoder): each holds
-        the documents of one round trip, `fetch_size` (unset: `batch_size`) at most."""
-        with (
-            self.translated_errors(),
-            self._cursor(
-                collection, query, projection, order_by, batch_size, hint, index_from, index_to, raw=True
-            ) as cursor,
-        ):
-            yield from cursor
+        the documents of one round trip, `fetch_size` (unset: `batch_size`) at most.
+
+        Where the `find` and `getMore` commands of one session reach the cursor's server (see
+        `commands_reach_the_cursor`), they are run as commands and each reply's batch is cut out
+        raw (`raw_batches`); elsewhere pymongo's `find_raw_batches` cursor reads them.
+        """
+        fetch_size = self.fetch_size or batch_size
+        with self.translated_errors():
+            database = self.database()
+            if not commands_reach_the_cursor(database):
+                with self._cursor(
+                    collection, query, projection, order_by, batch_size, hint, index_from, index_to, raw=True
+                ) as cursor:
+                    yield from cursor
+                return
+            command: dict[str, Any] = {"find": collection, "filter": query, "sort": {order_by: 1}}
+            optional = {
+                "projection": projection,
+                "hint": hint,
+                "min": None if index_from is None else {order_by: index_from},
+                "max": None if index_to is None else {order_by: index_to},
+                "readConcern": database.read_concern.document or None,
+            }
+            command |= {name: value for name, value in optional.items() if value is not None}
+            command["batchSize"] = fetch_size
+            yield from find_command_batches(database, command, fetch_size)
 
     def _cursor(
         self,
