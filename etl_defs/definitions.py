@@ -23,6 +23,7 @@ def build_resources(settings: SyncSettings) -> dict[str, dg.ConfigurableResource
         "username": dg.EnvVar("MONGO_USER") if settings.mongo_user else None,
         "password": dg.EnvVar("MONGO_PASSWORD") if settings.mongo_password else None,
         "fetch_size": settings.mongodb_fetch_size,
+        "project_fields": settings.mongodb_project_fields,
         "socket_timeout_ms": settings.mongodb_socket_timeout_ms,
     }
     resources: dict[str, dg.ConfigurableResource] = {

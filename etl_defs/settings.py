@@ -104,6 +104,8 @@ class SyncSettings(BaseModel):
     cart_sync_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="CART_SYNC_BATCH_SIZE", ge=1, le=MAX_BATCH_SIZE)
     # Unset: each read asks the server for one batch per round trip.
     mongodb_fetch_size: int | None = Field(default=None, alias="MONGODB_FETCH_SIZE", ge=1, le=mongo.MAX_FETCH_SIZE)
+    # Reads ask for the synced fields only (false: whole documents, faster on the embedded SecantusDB).
+    mongodb_project_fields: bool = Field(default=True, alias="MONGODB_PROJECT_FIELDS")
     # How long a MongoDB read may wait for one answer: a server busy with several range scans
     # of a split sync, or one that prepares a whole answer first, can need more than 2 minutes.
     mongodb_socket_timeout_ms: int = Field(

@@ -168,10 +168,8 @@ class CartSyncEndpoints:
         bounds = {"$gte": key_range.low, "$lt": key_range.high, "$gt": after}
         cart_id = {operator: value for operator, value in bounds.items() if value is not None}
         query, hint = ({"cartId": cart_id}, None) if cart_id else ({"cartId": {"$type": "string"}}, CART_ID_INDEX)
-        # Whole documents: the embedded server projects in Python, which costs more than sending the rest
-        # (benchmarks/RESULTS.md); the comparison reads only the synced fields.
         return self.order_db.find_in_batches(
-            ORDER_CARTS, query, None, order_by="cartId", hint=hint, batch_size=batch_size
+            ORDER_CARTS, query, CART_DOC_PROJECTION, order_by="cartId", hint=hint, batch_size=batch_size
         )
 
     def _documents_of_keys(self, batch_size: int, after: str | None) -> Iterator[list[dict[str, Any]]]:

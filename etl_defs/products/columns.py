@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from pyarrow import csv
 
 from etl_defs.products.table import PRODUCT_COLUMNS, ProductRow
-from etl_defs.products.transform import MIN_PRICE, PG_INT_MAX, transform_product
+from etl_defs.products.transform import MIN_PRICE, PG_INT_MAX, PRODUCT_DOC_PROJECTION, transform_product
 from etl_defs.sync.plan import BatchPlan, Change, Keyed, Rejection, SourceBatch
 
 #: A `product` row's columns in Arrow (the Cart DB's integers fit int64).
@@ -54,16 +54,14 @@ def _schema() -> Any:
     from pymongoarrow.api import Schema
     from pymongoarrow.types import ObjectIdType
 
-    return Schema(
-        {
-            "_id": ObjectIdType(),
-            "title": pa.string(),
-            "price": pa.float64(),
-            "image": pa.string(),
-            "sellerId": ObjectIdType(),
-            "quantity": pa.float64(),
-        }
-    )
+    types = {
+        "title": pa.string(),
+        "price": pa.float64(),
+        "image": pa.string(),
+        "sellerId": ObjectIdType(),
+        "quantity": pa.float64(),
+    }
+    return Schema({"_id": ObjectIdType(), **{field: types[field] for field in PRODUCT_DOC_PROJECTION}})
 
 
 def _boolean_quantities(raw: bytes, count: int) -> pa.Array | None:

@@ -18,6 +18,7 @@ from etl_defs.products.table import (
     SELECT_PRODUCTS_SQL,
     product_table_ddl,
 )
+from etl_defs.products.transform import PRODUCT_DOC_PROJECTION
 from etl_defs.sync import WHOLE_TABLE, BatchPlan, Rejection, SyncScope, WriteResult, even_points
 from resources import MongoResource, PostgresResource
 from resources.postgres import column_type_problems
@@ -67,9 +68,9 @@ class ProductSyncEndpoints:
 
     def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[bytes]:
         """Product documents in `_id` order (the `_id_` index walk), as the server's raw BSON
-        batches of `batch_size` (or `fetch_size`) documents, whole: the columnar decoder takes
-        the five fields it needs (on the embedded server a projection costs more than it saves:
-        benchmarks/RESULTS.md).
+        batches of `batch_size` (or `fetch_size`) documents: the synced fields only, or whole
+        where the resource reads whole documents (`project_fields`), of which the columnar
+        decoder takes the same fields.
 
         A key range bounds the index walk, not the values (`index_from`/`index_to`): BSON
         orders `_id`s by type first, so the first range also reads the `_id`s of types below
@@ -83,7 +84,7 @@ class ProductSyncEndpoints:
         return self.product_db.find_raw_batches(
             "products",
             {} if after is None else {"_id": {"$ne": ObjectId(after)}},  # index_from is inclusive
-            None,
+            PRODUCT_DOC_PROJECTION,
             order_by="_id",
             hint="_id_",
             index_from=None if start is None else ObjectId(start),
@@ -94,7 +95,9 @@ class ProductSyncEndpoints:
     def _documents_of_keys(self, batch_size: int, after: str | None) -> Iterator[bytes]:
         for chunk in self.scope.key_chunks(batch_size, after):
             query = {"_id": {"$in": [ObjectId(key) for key in chunk]}}
-            yield from self.product_db.find_raw_batches("products", query, None, order_by="_id", batch_size=batch_size)
+            yield from self.product_db.find_raw_batches(
+                "products", query, PRODUCT_DOC_PROJECTION, order_by="_id", batch_size=batch_size
+            )
 
     def target_batches(self, batch_size: int, after: str | None = None) -> Iterator[pa.Table]:
         """`product` rows in `id COLLATE "C"` order as Arrow tables, read with `COPY ... (FORMAT csv)`

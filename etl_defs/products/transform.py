@@ -20,6 +20,8 @@ from etl_defs.sync.plan import Rejection
 PG_INT_MIN = -(2**31)
 PG_INT_MAX = 2**31 - 1
 MIN_PRICE = 100  # the Product service's contract: price >= 100
+#: What the sync reads of a Product document (with `_id`): the fields a `product` row is made of.
+PRODUCT_DOC_PROJECTION = dict.fromkeys(("title", "price", "image", "sellerId", "quantity"), 1)
 
 
 class _Invalid(ValueError):

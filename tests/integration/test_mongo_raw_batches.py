@@ -3,6 +3,8 @@ commands (`resources/raw_batches.py`) hold the same bytes as pymongo's `find_raw
 
 from __future__ import annotations
 
+from typing import Any
+
 import bson
 import pytest
 from bson import ObjectId
@@ -22,10 +24,10 @@ def products(dbs: Databases, count: int) -> list[dict]:
     return sorted(docs, key=lambda doc: doc["_id"])
 
 
-def resource(dbs: Databases, url_options: str = "", fetch_size: int | None = None) -> MongoResource:
+def resource(dbs: Databases, url_options: str = "", **options: Any) -> MongoResource:
     url = dbs.stack.mongo_url(dbs.product_db.name) + url_options
     state = dbs.stack.state
-    return MongoResource(url=url, username=state.mongo_user, password=state.mongo_password, fetch_size=fetch_size)
+    return MongoResource(url=url, username=state.mongo_user, password=state.mongo_password, **options)
 
 
 def pymongo_batches(dbs: Databases, projection: dict | None, fetch_size: int, **bounds: ObjectId) -> list[bytes]:
@@ -102,6 +104,17 @@ def test_a_secondary_read_preference_reads_through_pymongos_cursor(
     try:
         assert not commands_reach_the_cursor(db.database())
         batches = list(db.find_raw_batches("products", {}, None, order_by="_id", hint="_id_", batch_size=5))
+    finally:
+        db.close()
+
+    assert b"".join(batches) == b"".join(pymongo_batches(dbs, None, 5))
+
+
+def test_a_database_read_whole_drops_the_projection(dbs: Databases) -> None:
+    products(dbs, 12)
+    db = resource(dbs, project_fields=False)
+    try:
+        batches = list(db.find_raw_batches("products", {}, PROJECTION, order_by="_id", hint="_id_", batch_size=5))
     finally:
         db.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -11,8 +12,14 @@ from bson import ObjectId
 
 from etl_defs.assets import CART_DB_PRODUCT
 from etl_defs.jobs import InvalidRunConfigError
+from etl_defs.products.endpoints import ProductSyncEndpoints
+from etl_defs.products.pipeline import PRODUCT_SYNC
+from etl_defs.products.transform import PRODUCT_DOC_PROJECTION
+from etl_defs.sync import Change, run_sync
+from local.stack import CART_DB, PRODUCT_DB
+from resources import MongoResource, PostgresResource
 from tests.factories import DROP, expected_row, product_doc
-from tests.helpers import Databases, copy_products
+from tests.helpers import Databases, RecordMongoCommands, copy_products
 
 
 def run_product_sync(defs: dg.Definitions, instance: dg.DagsterInstance, **config: Any) -> dg.ExecuteInProcessResult:
@@ -227,3 +234,31 @@ def test_run_config_with_a_bad_batch_size_is_refused_before_the_run(
         "invalid run config: batch_size=-1: Input should be greater than or equal to 1 (allowed: 1 to 100000)"
     )
     assert instance.get_runs_count() == 0
+
+
+@pytest.mark.parametrize("project_fields", [True, False], ids=["projected", "whole"])
+def test_both_read_shapes_repair_the_same_drift(
+    dbs: Databases, mongo_commands: RecordMongoCommands, project_fields: bool
+) -> None:
+    docs, _ = plant_drift(dbs)
+    state = dbs.stack.state
+    product_db = MongoResource(
+        url=dbs.stack.mongo_url(PRODUCT_DB),
+        username=state.mongo_user,
+        password=state.mongo_password,
+        project_fields=project_fields,
+    )
+    cart_db = PostgresResource(url=dbs.stack.pg_url(CART_DB))
+    try:
+        with mongo_commands() as commands:
+            report = run_sync(
+                PRODUCT_SYNC, ProductSyncEndpoints(product_db, cart_db), batch_size=7, dry_run=False, log=logging
+            )
+    finally:
+        product_db.close()
+
+    assert (report.inserted, report.updated, report.counts[Change.ORPHANED]) == (6, 12, 1)
+    expected = {str(d["_id"]): expected_row(d) for d in docs}
+    assert {key: row for key, row in dbs.product_rows().items() if key in expected} == expected
+    [find] = [command for command in commands if command.name == "find"]
+    assert find.body.get("projection") == (PRODUCT_DOC_PROJECTION if project_fields else None)

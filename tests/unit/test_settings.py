@@ -59,6 +59,7 @@ def test_the_write_url_wins_and_the_order_url_falls_back_with_a_warning(caplog: 
         ("HEALTH_CHECK_CRON_SCHEDULE", "* * *", "HEALTH_CHECK_CRON_SCHEDULE='* * *' is not a five-field cron"),
         ("TIMEZONE", "Mars/Olympus", "TIMEZONE='Mars/Olympus' is not a known IANA timezone"),
         ("ENABLE_SCHEDULER", "maybe", "ENABLE_SCHEDULER='maybe' Input should be a valid boolean"),
+        ("MONGODB_PROJECT_FIELDS", "some", "MONGODB_PROJECT_FIELDS='some' Input should be a valid boolean"),
         (
             "PRODUCT_CDC_INTERVAL_SECONDS",
             "0",
@@ -193,6 +194,13 @@ def test_the_fetch_sizes_reach_the_resources_and_default_to_the_batch() -> None:
         5000,
         2000,
     )
+
+
+def test_reads_project_the_synced_fields_unless_told_to_read_whole_documents() -> None:
+    default = build_resources(load_settings(GOOD))
+    assert default["product_db"].project_fields and default["order_db"].project_fields
+    whole = build_resources(load_settings({**GOOD, "MONGODB_PROJECT_FIELDS": "false"}))
+    assert not whole["product_db"].project_fields and not whole["order_db"].project_fields
 
 
 def test_the_mongodb_socket_timeout_reaches_both_mongodb_resources() -> None:
