@@ -74,7 +74,9 @@ def _product_bounds(size: int, products: dict[str, Any], baseline: dict[str, Any
     startup_excluded = (_wall(sync) - _wall(baseline)) / read_s
     resync_ratio = resync["summary"]["duration_s"] / read_s
     wrote = resync["summary"]["inserted"] + resync["summary"]["updated"] + resync["rows_written"]
-    cpu_beyond = sync["cost"]["client_cpu_s"] - baseline["cost"]["client_cpu_s"]
+    projected = products["sync_projected"]  # as on a real MongoDB, where client CPU decides the speed
+    cpu_beyond = projected["cost"]["client_cpu_s"] - baseline["cost"]["client_cpu_s"]
+    whole_cpu_beyond = sync["cost"]["client_cpu_s"] - baseline["cost"]["client_cpu_s"]
     drivers = drivers_cpu_s(products)
     read_note = f"fastest bare read: {read_name}, {read_s:.2f}s"
     return [
@@ -99,15 +101,16 @@ def _product_bounds(size: int, products: dict[str, Any], baseline: dict[str, Any
             f"rows with a newer xmin={resync['rows_written']}; {read_note}",
         ),
         _bound(
-            f"product sync client CPU beyond start-up <= {CPU_RATIO}x the drivers' own work",
+            f"product sync client CPU beyond start-up <= {CPU_RATIO}x the drivers' own work (fields projected)",
             size,
             cpu_beyond / drivers if drivers else None,
             CPU_RATIO,
             drivers > 0 and cpu_beyond <= CPU_RATIO * drivers,
-            _ok(sync),
-            f"{sync['cost']['client_cpu_s']:.2f}s - baseline {baseline['cost']['client_cpu_s']:.2f}s "
+            _ok(projected),
+            f"{projected['cost']['client_cpu_s']:.2f}s - baseline {baseline['cost']['client_cpu_s']:.2f}s "
             f"= {cpu_beyond:.2f}s vs pymongo decoding the five fields {products['drivers']['mongo']['cpu_s']:.2f}s "
-            f"+ psycopg reading the target {products['drivers']['postgres']['cpu_s']:.2f}s",
+            f"+ psycopg reading the target {products['drivers']['postgres']['cpu_s']:.2f}s; reading whole documents "
+            f"(the run above): {whole_cpu_beyond:.2f}s, {whole_cpu_beyond / drivers if drivers else 0:.2f}x",
         ),
     ]
 
@@ -116,6 +119,7 @@ def _rss_bound(size: int, sizes: dict[str, Any]) -> Bound:
     runs = {
         "product sync": sizes["products"]["sync"],
         "no-change re-sync": sizes["products"]["resync"],
+        "product sync, fields projected": sizes["products"]["sync_projected"],
         "cart sync": sizes["carts"]["sync"],
         "user_id sync": sizes["carts"]["user_sync"],
     }

@@ -63,13 +63,16 @@ class JobRunner:
     def _log(self, name: str) -> Path:
         return self.state_dir / f"{name}.log"
 
-    def run_cli(self, job: str, pipeline: str, run_config: dict[str, Any], name: str) -> dict[str, Any]:
-        """`dagster job execute -m etl_defs -j job -c <run_config>`: its cost and its summary's figures."""
+    def run_cli(
+        self, job: str, pipeline: str, run_config: dict[str, Any], name: str, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """`dagster job execute -m etl_defs -j job -c <run_config>` (`env` added to the environment): its cost
+        and its summary's figures."""
         config = self.state_dir / f"{name}.yaml"
         config.write_text(json.dumps(run_config))  # JSON is YAML
         command = [DAGSTER, "job", "execute", "-m", "etl_defs", "-j", job, "-c", str(config)]
         log = self._log(name)
-        cost = measure_process(command, env=self.env, cwd=REPO, log=log, servers=self.servers)
+        cost = measure_process(command, env={**self.env, **(env or {})}, cwd=REPO, log=log, servers=self.servers)
         return {"cost": cost.as_dict(), "summary": parse_summary(log.read_text(errors="replace"), pipeline)}
 
     def run_monitored(self, job: str, pipeline: str, run_config: dict[str, Any], name: str) -> dict[str, Any]:

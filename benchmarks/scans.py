@@ -30,7 +30,8 @@ from etl_defs.carts.endpoints import SCAN_SQL as CART_SYNC_SCAN_SQL  # the cart 
 from etl_defs.carts.table import CART_ID_INDEX
 from etl_defs.carts.transform import CartRow
 from etl_defs.products.table import SELECT_PRODUCTS_SQL
-from local.stack import CART_DB, LocalStack
+from local.stack import CART_DB, PRODUCT_DB, LocalStack
+from resources import MongoResource
 
 #: The five fields the product sync takes from a Product document (dlt's read and the projected bare scan).
 PRODUCT_PROJECTION = {"title": 1, "price": 1, "image": 1, "sellerId": 1, "quantity": 1}
@@ -76,15 +77,23 @@ def scan_products_projected_natural(stack: LocalStack, fetch_size: int) -> int:
 
 
 def scan_products_arrow(stack: LocalStack, fetch_size: int) -> int:
-    """The product sync's source read and decode: raw BSON batches in `_id` order into Arrow columns."""
+    """The product sync's source read and decode: raw BSON batches of whole documents in `_id` order, read
+    as the sync reads them (`MongoResource.find_raw_batches`), into Arrow columns."""
     from etl_defs.products.columns import decode_products
 
-    collection = products_collection(stack)
-    batches = collection.find_raw_batches({}).sort("_id", 1).hint("_id_").batch_size(fetch_size)
+    state = stack.state
+    product_db = MongoResource(
+        url=stack.mongo_url(PRODUCT_DB),
+        username=state.mongo_user,
+        password=state.mongo_password,
+        fetch_size=fetch_size,
+        project_fields=False,
+    )
+    batches = product_db.find_raw_batches("products", {}, None, order_by="_id", hint="_id_", batch_size=fetch_size)
     try:
         return sum(len(decode_products(raw).keys) for raw in batches)
     finally:
-        collection.database.client.close()
+        product_db.close()
 
 
 SYNC_READ = "whole, _id order (the sync's query)"
