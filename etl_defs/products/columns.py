@@ -45,11 +45,12 @@ _BOOLEAN_QUANTITY = b"\x08quantity\x00"
 
 
 @cache
-def _schema() -> Any:
+def decoder_schema() -> Any:
     """What a Product document's columns are decoded as (see the module's docstring for why floats).
 
-    pymongoarrow is imported here, by the product sync's step alone: it imports pandas, which
-    every other Dagster process (code servers, sensors, the cart sync) would pay for at start-up.
+    pymongoarrow is imported here, when a product sync's endpoints are made (`ProductSyncEndpoints`):
+    it imports pandas, which every other Dagster process (code servers, sensors, the cart sync)
+    would pay for at start-up.
     """
     from pymongoarrow.api import Schema
     from pymongoarrow.types import ObjectIdType
@@ -166,7 +167,7 @@ def rows_table(rows: Iterable[ProductRow]) -> pa.Table:
 
 def decode_products(raw: bytes) -> SourceBatch[pa.Table]:
     """One raw BSON batch of Product documents (in `_id` order) -> its `product` rows and rejections."""
-    table = _decode(raw, _schema())
+    table = _decode(raw, decoder_schema())
     if not len(table):
         return SourceBatch(Keyed([], _rows(table, pa.array([], pa.string()), pa.array([], pa.string()))), [], [])
     ids, sellers = object_id_hex(table["_id"]), object_id_hex(table["sellerId"])

@@ -9,7 +9,7 @@ import psycopg
 import pyarrow as pa
 from bson import ObjectId
 
-from etl_defs.products.columns import csv_payload, read_csv_rows
+from etl_defs.products.columns import csv_payload, decoder_schema, read_csv_rows
 from etl_defs.products.table import (
     PRODUCT_COLUMN_LIST,
     PRODUCT_COLUMN_TYPES,
@@ -65,6 +65,7 @@ class ProductSyncEndpoints:
         self.product_db = product_db
         self.cart_db = cart_db
         self.scope = scope
+        decoder_schema()  # the decoder's imports, with the step's start-up rather than in its first batch
 
     def source_batches(self, batch_size: int, after: str | None = None) -> Iterator[bytes]:
         """Product documents in `_id` order (the `_id_` index walk), as the server's raw BSON
