@@ -10,9 +10,11 @@ folder), PostgreSQL's files go to a folder of their own under /var/tmp, recorded
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -44,11 +46,76 @@ class StackError(RuntimeError):
     """The local stack could not be started or stopped."""
 
 
+#: How many ports below the kernel's ephemeral range `free_port` picks from.
+FREE_PORT_SPAN = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (32768 unless configured)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _reserve(port: int, folder: Path) -> bool:
+    """Mark `port` as this process's in `folder`; False when a live process holds it already."""
+    mark = folder / str(port)
+    for _ in range(2):
+        try:
+            fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            try:
+                holder = int(mark.read_text() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder == os.getpid() or _pid_alive(holder):
+                return False
+            mark.unlink(missing_ok=True)  # its process is gone: the port is free to take
+            continue
+        with os.fdopen(fd, "w") as out:
+            out.write(str(os.getpid()))
+        if not _RESERVED:
+            atexit.register(_release_reserved, os.getpid())
+        _RESERVED.append(mark)
+        return True
+    return False
+
+
+#: The marks `_reserve` made in this process.
+_RESERVED: list[Path] = []
+
+
+def _release_reserved(pid: int) -> None:
+    """Remove this process's port marks at its exit (a forked child inherits the hook, not the ports)."""
+    if os.getpid() == pid:
+        for mark in _RESERVED:
+            mark.unlink(missing_ok=True)
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on loopback that nothing listens on and no other process of ours was given.
+
+    Picked at random below the kernel's ephemeral range, so no outgoing connection's own port
+    is ever one of them, and reserved for this process's lifetime by a mark in a folder every
+    process of this user shares: a port handed out here but not bound yet (a test session
+    chooses its servers' ports long before it starts them) is never handed out again meanwhile.
+    """
+    low = _ephemeral_low()
+    candidates = list(range(max(1024, low - FREE_PORT_SPAN), low))
+    random.shuffle(candidates)
+    folder = Path(tempfile.gettempdir()) / f"etl-sync-ports-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for port in candidates:
+        if not _reserve(port, folder):
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # someone else's: keep the mark, so it is not tried again
+        return port
+    raise StackError(f"no free port between {candidates[0]} and {low}")
 
 
 def _pid_alive(pid: int | None) -> bool:

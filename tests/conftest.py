@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from pymongo import monitoring
 
 import etl_defs
@@ -34,6 +35,11 @@ from tests.helpers import (
     MongoCommandLog,
     RecordMongoCommands,
 )
+
+# Property tests assert on results, never on time: on a busy CI machine (four workers on two cores)
+# Hypothesis's default 200 ms deadline per example fails a correct test whose first example pays an import.
+hypothesis_settings.register_profile("no-deadline", deadline=None)
+hypothesis_settings.load_profile("no-deadline")
 
 #: The fixtures that start Dagster's long-running processes, and the markers of the tests that use them.
 SLOW_FIXTURES = {
