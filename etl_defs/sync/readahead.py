@@ -4,7 +4,8 @@ Both databases answer over sockets, and pymongo and psycopg release the GIL whil
 wait, so the next batches are on their way while the current one is planned and written.
 The queue is bounded (a few batches), so memory stays O(batch) whatever the table size.
 An error raised while reading reaches the sync loop as that same exception, at its next
-`next()`. Writes stay on the sync's own thread: an interrupt (a terminated run) then lands
+`next()`. The sync plans on one more of these threads, reading the two sides' read-aheads.
+Writes stay on the sync's own thread: an interrupt (a terminated run) then lands
 in the write itself, whose transaction is cancelled and rolled back.
 """
 
@@ -65,9 +66,15 @@ class ReadAhead(Iterator[T]):
         return False
 
     def __next__(self) -> T:
-        if self._finished:
-            raise StopIteration
-        kind, value = self._queue.get()
+        while True:
+            if self._finished or self._stopping.is_set():
+                # A consumer on another thread (the planner reading the sides) ends with us.
+                raise StopIteration
+            try:
+                kind, value = self._queue.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                continue
         if kind == "batch":
             return value  # type: ignore[return-value]
         self._finished = True
@@ -75,8 +82,12 @@ class ReadAhead(Iterator[T]):
             raise value  # type: ignore[misc]
         raise StopIteration
 
-    def close(self) -> None:
-        """Stop reading ahead and wait (bounded) for the thread to close its cursor."""
+    def stop(self) -> None:
+        """Ask the thread to stop between two batches, without waiting for it."""
         self._finished = True
         self._stopping.set()
+
+    def close(self) -> None:
+        """Stop reading ahead and wait (bounded) for the thread to close its cursor."""
+        self.stop()
         self._thread.join(JOIN_TIMEOUT_S)

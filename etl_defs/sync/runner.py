@@ -1,7 +1,9 @@
 """The one sync loop both pipelines run: plan a batch, write it, report, repeat.
 
 Both sides are read ahead on threads of their own (`readahead`), so the databases serve the
-next batches while this loop plans and writes the current one.
+next batches while this loop writes the current one; the plans are made on a third thread,
+so the next batch is classified while the current one's write waits on the target. The
+writes stay on the loop's own thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from etl_defs.sync.scope import SyncScope
 
 #: Batches each side is read ahead of the plan (bounded: memory stays O(batch)).
 READ_AHEAD_BATCHES = 2
+#: Plans made ahead of the write.
+PLANS_AHEAD = 1
 #: Seconds between two progress lines of a long sync.
 PROGRESS_INTERVAL_S = 5.0
 SAMPLE_KEYS = 5
@@ -239,9 +243,10 @@ def run_sync(
     progress = _Progress(spec.name, log, endpoints.estimated_source_rows(), report)
     source = ReadAhead(endpoints.source_batches(batch_size, after), depth=READ_AHEAD_BATCHES, name="sync-source")
     target = ReadAhead(endpoints.target_batches(batch_size, after), depth=READ_AHEAD_BATCHES, name="sync-target")
+    plans = ReadAhead(plan_batches(spec, source, target, batch_size), depth=PLANS_AHEAD, name="sync-plan")
     rejection_log = _RejectionLog(spec.name, log)
     try:
-        for plan in plan_batches(spec, source, target, batch_size):
+        for plan in plans:
             _stop_if_requested(spec, report, stop_requested)
             rejection_log.add(plan.rejected)
             if not dry_run and _needs_write(plan, endpoints):
@@ -257,8 +262,8 @@ def run_sync(
             if batch_pause_s > 0 and not dry_run:
                 time.sleep(batch_pause_s)
     finally:
-        # Stop both read-aheads now (they close their cursors), not whenever the process exits.
-        _close_streams(spec, log, source, target)
+        # Stop the planning, then both read-aheads (they close their cursors), not whenever the process exits.
+        _close_streams(spec, log, plans, source, target)
     rejection_log.log_overflow()
     report.duration_s = already + time.perf_counter() - started
     log.info(report.summary())
@@ -360,17 +365,17 @@ def _write(
         log.warning(f"{spec.name}: rejected by the target {rejection.key}: {rejection.reason}")
 
 
-def _close_streams(spec: SyncSpec, log: logging.Logger | Any, *streams: object) -> None:
+def _close_streams(spec: SyncSpec, log: logging.Logger | Any, *streams: ReadAhead) -> None:
     """Close the read-aheads (and with them the cursors and pooled connections) at the end of a sync.
 
-    After a fault, closing a cursor on a dead connection fails too: that is logged at debug
-    level rather than raised over the error that stopped the sync.
+    Every one is asked to stop before any is waited for: the planning thread may be waiting on
+    a side. After a fault, closing a cursor on a dead connection fails too: that is logged at
+    debug level rather than raised over the error that stopped the sync.
     """
     for stream in streams:
-        close = getattr(stream, "close", None)
-        if close is None:
-            continue
+        stream.stop()
+    for stream in streams:
         try:
-            close()
+            stream.close()
         except Exception as error:  # noqa: BLE001 - the sync already ended; keep its own error
             log.debug(f"{spec.name}: closing a read stream after the sync ended failed: {error}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -572,6 +574,52 @@ def test_small_batches_give_the_same_result_as_one_batch(
     # Eight plans of two source rows; a ninth when the orphan's key falls where a plan already holds two
     # target records (a plan takes at most batch_size of each side).
     assert out["batches"] in (8, 9)
+
+
+class SlowWrites(CartSyncEndpoints):
+    """The cart sync's endpoints, each write held for a while and noted (interval and thread)."""
+
+    HOLD_S = 0.3
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[tuple[float, float, str]] = []
+
+    def write(self, plan: Any) -> Any:
+        began = time.monotonic()
+        time.sleep(self.HOLD_S)
+        result = super().write(plan)
+        self.writes.append((began, time.monotonic(), threading.current_thread().name))
+        return result
+
+
+def test_the_next_batch_is_planned_while_a_write_waits_and_every_write_is_on_the_syncs_thread(
+    dbs: Databases,
+) -> None:
+    drift = plant_drift(dbs)
+    extra = [new_cart(next(iter(drift.products.values())), version=2) for _ in range(5)]
+    insert_carts(dbs, *extra)
+    planned: list[tuple[float, str]] = []
+
+    def classify(*args: Any) -> Any:
+        planned.append((time.monotonic(), threading.current_thread().name))
+        return CART_SYNC.classify(*args)
+
+    with sync_endpoints(dbs) as plain:
+        endpoints = SlowWrites(plain.cart_db, plain.order_db)
+        spec = dataclasses.replace(CART_SYNC, classify=classify)
+        report = run_sync(spec, endpoints, batch_size=2, dry_run=False, log=logging.getLogger("test"))
+
+    expected = expected_after_sync(drift)
+    for cart in extra:
+        expected[cart.id] = expected_doc(cart, drift.products[cart.productId])
+    assert {key: synced(doc) for key, doc in order_docs(dbs).items()} == expected
+    assert report.inserted == 6
+    assert len(endpoints.writes) >= 3
+    assert {name for _, _, name in endpoints.writes} == {threading.current_thread().name}
+    assert {name for _, name in planned} == {"sync-plan"}
+    during_a_write = [at for at, _ in planned if any(began < at < ended for began, ended, _ in endpoints.writes)]
+    assert during_a_write, "no batch was planned while a write was held"
 
 
 def test_a_dry_run_reports_the_plan_and_writes_nothing(
