@@ -11,6 +11,7 @@ folder), PostgreSQL's files go to a folder of their own under /var/tmp, recorded
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import pwd
@@ -30,6 +31,8 @@ from urllib.parse import quote
 import psycopg
 from pymongo import MongoClient
 
+#: SecantusDB's server, started with the interpreter this runs on (see the module for why not `secantusd-py`).
+SECANTUS_SERVER = Path(__file__).with_name("secantus_server.py")
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_RUN_USER = "etlsync"
 #: Where PostgreSQL's files go when PG_RUN_USER cannot reach the state folder.
@@ -418,14 +421,14 @@ class LocalStack:
 
     def _spawn_mongo(self, auth: bool) -> subprocess.Popen:
         _port_free_or_fail(self.state.mongo_port, "SecantusDB", "LOCAL_MONGO_PORT")
-        server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
-        if not Path(server).exists():
-            raise StackError("secantusd-py not found: install the project with its 'local' extra")
+        if importlib.util.find_spec("secantus") is None:
+            raise StackError("SecantusDB (secantusd-py) not found: install the project with its 'local' extra")
         log = self.state_dir / "mongo.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [
-                    server,
+                    sys.executable,
+                    str(SECANTUS_SERVER),
                     "--host",
                     "127.0.0.1",
                     "--port",
