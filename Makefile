@@ -130,5 +130,5 @@ clean:
 # The benchmark (benchmarks/run.py) on a private stack of its own; results in benchmarks/RESULTS.md.
 BENCH_SIZES ?= 200000 1000000
 bench: install
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test,bench]"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[test,bench]"
 	$(BIN)/python -m benchmarks.run --sizes $(BENCH_SIZES)
