@@ -105,8 +105,8 @@ def free_port() -> int:
     chooses its servers' ports long before it starts them) is never handed out again meanwhile.
     """
     low = _ephemeral_low()
-    candidates = list(range(max(1024, low - FREE_PORT_SPAN), low))
-    random.shuffle(candidates)
+    span = range(max(1024, low - FREE_PORT_SPAN), low)
+    candidates = random.sample(span, len(span))
     folder = Path(tempfile.gettempdir()) / f"etl-sync-ports-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     for port in candidates:
@@ -118,7 +118,7 @@ def free_port() -> int:
             except OSError:
                 continue  # someone else's: keep the mark, so it is not tried again
         return port
-    raise StackError(f"no free port between {candidates[0]} and {low}")
+    raise StackError(f"no free port from {span.start} to {span.stop - 1}")
 
 
 def _pid_alive(pid: int | None) -> bool:

@@ -67,8 +67,7 @@ class ReadAhead(Iterator[T]):
 
     def __next__(self) -> T:
         while True:
-            if self._finished or self._stopping.is_set():
-                # A consumer on another thread (the planner reading the sides) ends with us.
+            if self._finished:  # the end was read, or `stop()`: a consumer waiting on another thread ends too
                 raise StopIteration
             try:
                 kind, value = self._queue.get(timeout=_POLL_S)
