@@ -169,7 +169,8 @@ def bounds_table(results: dict[str, Any]) -> str:
 
 
 METHOD = """One private local stack on free ports (`local.stack.LocalStack`): SecantusDB as the MongoDB (one
-Python process serving both the Product and the Order database) and PostgreSQL 15 (`fsync=off`), on this
+Python process serving both the Product and the Order database, started by `local/secantus_server.py` with
+CPython's full garbage collections made rare) and PostgreSQL 15 (`fsync=off`), on this
 machine's cores. The jobs run as a user runs them, `dagster job execute -m etl_defs -j JOB -c CONFIG` in a
 subprocess, with the repo's dagster.yaml (instance in PostgreSQL), `batch_size: {batch_size}`, and
 MONGODB_FETCH_SIZE={mongo_fetch} and POSTGRES_FETCH_SIZE={pg_fetch} (the bare scans use the same). The syncs
