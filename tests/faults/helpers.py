@@ -119,6 +119,8 @@ class Drift:
     expected: dict[str, Any]
     #: Keys whose target value is already right (the run must leave them untouched).
     correct: set[str] = field(default_factory=set)
+    #: Keys only the target holds: a plan takes them beside its source rows, outside its `batch_size`.
+    orphans: set[str] = field(default_factory=set)
 
     @property
     def keys(self) -> list[str]:
@@ -129,17 +131,36 @@ class Drift:
     def to_repair(self) -> set[str]:
         return {k for k in self.expected if self.before.get(k) != self.expected[k]}
 
+    def plans(self, batch_size: int) -> list[list[str]]:
+        """The keys of each plan the sync makes, cut as `plan_batches` cuts them: `batch_size` source rows a
+        plan, with the target records of its key interval (orphans between two plans go with the later one;
+        those after the last source row with the last plan)."""
+        plans: list[list[str]] = [[]]
+        rows = 0
+        for key in self.keys:
+            if rows == batch_size:
+                plans.append([])
+                rows = 0
+            plans[-1].append(key)
+            rows += key not in self.orphans
+        if len(plans) > 1 and self.orphans.issuperset(plans[-1]):
+            plans[-2].extend(plans.pop())
+        for plan in plans:  # past this, `plan_batches` would cut the plan at its batch_size-th target record
+            assert sum(key in self.before for key in plan) <= batch_size, "a plan of more target records than rows"
+        return plans
+
     def whole_batches(self, current: dict[str, Any], batch_size: int, *, frontier_may_be_partial: bool = False) -> int:
-        """How many batches `current` shows applied; fails unless they are whole and a prefix.
+        """How many of the sync's batches (`plans`) `current` shows applied; fails unless they are whole and a
+        prefix.
 
         Every key must hold its `before` or its `expected` value, nothing else. With
         `frontier_may_be_partial` the first batch not fully applied may be partly applied
-        (a MongoDB bulk write is not atomic; its guarded writes make the replay harmless).
+        (the cart sync writes a batch to the Order MongoDB in bulk writes that are not atomic;
+        its guarded writes make the replay harmless).
         """
         stray = [k for k in self.keys if current.get(k) not in (self.before.get(k), self.expected.get(k))]
         assert not stray, f"{len(stray)} keys hold neither their old nor their expected value, e.g. {stray[:3]}"
-        keys = self.keys
-        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+        batches = self.plans(batch_size)
         repair = self.to_repair
         applied: list[bool | None] = []  # None: the batch has nothing to write
         for number, batch in enumerate(batches, 1):
@@ -166,7 +187,7 @@ class Drift:
 
     def batches(self, batch_size: int) -> int:
         """How many batches the plan has."""
-        return -(-len(self.keys) // batch_size)
+        return len(self.plans(batch_size))
 
 
 def product_drift(product_db: Any, cart_conn: Any, count: int) -> Drift:
@@ -178,7 +199,7 @@ def product_drift(product_db: Any, cart_conn: Any, count: int) -> Drift:
     product_db["products"].insert_many(docs)
     expected = {str(d["_id"]): expected_row(d) for d in docs}
     before: dict[str, tuple] = {}
-    correct = set()
+    correct, orphans = set(), set()
     for i, (key, row) in enumerate(sorted(expected.items())):
         match i % 3:
             case 0:
@@ -192,8 +213,9 @@ def product_drift(product_db: Any, cart_conn: Any, count: int) -> Drift:
         orphan = (str(ObjectId()), f"gone {n}", 500 + n, f"/img/gone-{n}.jpg", str(ObjectId()), n)
         before[orphan[0]] = expected[orphan[0]] = orphan  # counted, never deleted
         correct.add(orphan[0])
+        orphans.add(orphan[0])
     copy_products(cart_conn, before.values())
-    return Drift(before=before, expected=expected, correct=correct)
+    return Drift(before=before, expected=expected, correct=correct, orphans=orphans)
 
 
 def product_rows(cart_conn: Any) -> dict[str, tuple]:
@@ -268,6 +290,7 @@ def cart_drift(cart_conn: Any, order_db: Any, carts: int, products: int) -> Drif
     before: dict[str, tuple] = {}
     expected: dict[str, tuple] = {}
     correct: set[str] = set()
+    orphans: set[str] = set()
     for i, cart in enumerate(sorted(cart_rows)):
         key, right = cart[0], doc(cart)
         expected[key] = right
@@ -300,13 +323,14 @@ def cart_drift(cart_conn: Any, order_db: Any, carts: int, products: int) -> Drif
             1,
         )
         correct.add(key)
+        orphans.add(key)
     order_db["carts"].insert_many(
         [
             {**dict(zip(CART_FIELDS, value, strict=True)), "createdAt": PLANTED_AT, "updatedAt": PLANTED_AT}
             for value in before.values()
         ]
     )
-    return Drift(before=before, expected=expected, correct=correct)
+    return Drift(before=before, expected=expected, correct=correct, orphans=orphans)
 
 
 def order_carts(order_db: Any) -> dict[str, tuple]:
@@ -347,7 +371,12 @@ class CartScenario:
     def assert_converged(self) -> None:
         """Every cart as expected, no duplicate cartId, and documents that were right never rewritten."""
         order_db = self.faults.order_db
-        assert order_carts(order_db) == self.drift.expected
+        current = order_carts(order_db)
+        wrong = {
+            key: (current.get(key), value) for key, value in self.drift.expected.items() if current.get(key) != value
+        }
+        assert not wrong, f"{len(wrong)} carts are not as expected (now, expected), e.g. {list(wrong.items())[:3]}"
+        assert current.keys() == self.drift.expected.keys()
         assert duplicate_cart_ids(order_db) == []
         assert whole_order_docs(order_db, self.drift.correct) == self.untouched
         written = order_db["carts"].find({"cartId": {"$in": sorted(self.drift.to_repair)}})

@@ -1,12 +1,14 @@
-"""cart_sync_job while its databases fail: nothing half-written, clear errors, one re-run converges.
+"""cart_sync_job while its databases fail: no batch cut by the Cart DB, clear errors, one re-run converges.
 
 600 carts over 100 products in the Cart DB; in the Order MongoDB (a SecantusDB of its
 own) a fifth each missing, outdated, changed at the same version, right, and newer than
-the Cart DB, plus orphans. The job runs slowly (40 keys a batch, 150 ms apart) in a
+the Cart DB, plus orphans. The job runs slowly (40 carts a batch, 150 ms apart) in a
 thread, a server breaks once some batches are written, and the checks are the product
-ones, with one difference: a MongoDB bulk write is not atomic, so the batch in flight
-when the Order MongoDB stops may be partly applied (each document is either old or new;
-the guarded writes make the replay harmless, which the re-run shows).
+ones, batch by batch as the sync cuts them, with one difference: a batch reaches the Order
+MongoDB as two bulk writes (inserts, then updates), neither atomic, so the batch in flight
+when the Order MongoDB stops may be partly applied (each document either old or new; the
+guarded writes make the replay harmless, which the re-run shows). The Cart DB stopping
+never cuts a batch: its writes read nothing from it.
 """
 
 from __future__ import annotations
