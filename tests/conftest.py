@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psycopg
@@ -70,18 +71,48 @@ SLOW_FIRST = (
 )
 
 
+#: The crash scenarios (the `orchestrator` fixture of tests/faults/conftest.py), which one worker runs one after the
+#: other, beside the rest: each starts a daemon, a code server and run workers, kills them and starts them again,
+#: and measures run monitoring's bounds. Three of them and the alert scenario at once on two cores left each a
+#: quarter of a core, and their runs missed `start_timeout_seconds` (dagster.yaml) on a slower machine.
+ONE_AT_A_TIME_FIXTURE = "orchestrator"
+#: Where those modules live: xdist's controller hands out work by node id alone (it sees no fixtures), so the folder
+#: is what it groups by; collection checks that each such module is there, and only they.
+ONE_AT_A_TIME_DIR = "tests/faults/crashes/"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The modules with the slowest kinds of test first, so that no xdist worker starts a long one late
-    (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order)."""
+    (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order); the crash scenarios only
+    in their folder (see `pytest_xdist_make_scheduler`)."""
+
+    def markers(item: pytest.Item) -> set[str]:
+        return {marker.name for marker in item.iter_markers()}
 
     def kind(item: pytest.Item) -> int:
-        markers = {marker.name for marker in item.iter_markers()}
-        return next((rank for rank, slow in enumerate(SLOW_FIRST) if markers.issuperset(slow)), len(SLOW_FIRST))
+        return next((rank for rank, slow in enumerate(SLOW_FIRST) if markers(item).issuperset(slow)), len(SLOW_FIRST))
 
     module_kind: dict[Path, int] = {}
     for item in items:
         module_kind[item.path] = min(kind(item), module_kind.get(item.path, len(SLOW_FIRST)))
+        if (ONE_AT_A_TIME_FIXTURE in getattr(item, "fixturenames", ())) != item.nodeid.startswith(ONE_AT_A_TIME_DIR):
+            raise pytest.UsageError(
+                f"{item.nodeid}: the tests that use the {ONE_AT_A_TIME_FIXTURE} fixture (a crash scenario) live in "
+                f"{ONE_AT_A_TIME_DIR}, and only they"
+            )
     items.sort(key=lambda item: module_kind[item.path])  # stable: each module's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, except that the modules of `ONE_AT_A_TIME_DIR` are one unit of work: one worker runs
+    them one after the other while the others take the rest."""
+    from xdist.scheduler import LoadFileScheduling  # only under xdist
+
+    class OneCrashScenarioAtATime(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return ONE_AT_A_TIME_DIR if nodeid.startswith(ONE_AT_A_TIME_DIR) else super()._split_scope(nodeid)
+
+    return OneCrashScenarioAtATime(config, log)
 
 
 @pytest.fixture(scope="session")

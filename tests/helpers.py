@@ -21,6 +21,7 @@ from typing import Any
 import bson
 import dagster as dg
 import psycopg
+import yaml
 
 # Dagster's private APIs, for what no public API does: a workspace loaded in-process (the
 # scheduler's view of the code location), the webserver's GraphQL without a webserver, and one
@@ -39,10 +40,13 @@ from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 from resources.postgres import copy_rows
 
 __all__ = [
+    "KEYED_RUN_S",
     "MONGO_TEST_PASSWORD",
     "MONGO_TEST_USER",
+    "MONITORING_POLL_S",
     "PG_TEST_PASSWORD",
     "REPO",
+    "RUN_START_S",
     "TEST_SECRETS",
     "Databases",
     "EmptyWorkspaceTarget",
@@ -62,6 +66,18 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The bounds of Dagster's run monitoring, from dagster.yaml as the daemon reads them: the tests that wait on a run
+# derive their deadlines from these, not from what a fast machine takes.
+_RUN_MONITORING = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_monitoring"]
+#: How often run monitoring looks at the runs (`poll_interval_seconds`).
+MONITORING_POLL_S: int = _RUN_MONITORING["poll_interval_seconds"]
+#: A launched run reports STARTED within `start_timeout_seconds`, or run monitoring fails it on its next pass:
+#: waiting longer for a run to start would learn nothing.
+RUN_START_S: int = _RUN_MONITORING["start_timeout_seconds"] + MONITORING_POLL_S
+#: A hang detector for a keyed repair run of a few keys, from STARTED to its end (such a run takes about a second
+#: here): not a product bound.
+KEYED_RUN_S = 60
 
 #: Recognisable secrets: the whole suite runs with them, and the secret-scan tests look for
 #: them everywhere (PostgreSQL's inside the Cart DB URL, MongoDB's in MONGO_PASSWORD).

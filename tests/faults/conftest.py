@@ -23,7 +23,7 @@ import pytest
 
 from etl_defs.settings import SyncSettings
 from local.stack import LocalStack, free_port
-from tests.faults.helpers import FaultStack, JobInThread, Orchestrator, StartJob
+from tests.faults.helpers import CDC_INTERVAL_S, FaultStack, JobInThread, Orchestrator, StartJob
 from tests.helpers import MONGO_TEST_PASSWORD, MONGO_TEST_USER, PG_TEST_PASSWORD, REPO, WebhookReceiver
 
 
@@ -155,8 +155,8 @@ def orchestrator(
         SYNC_CRON_SCHEDULE=_NEVER,
         CART_SYNC_CRON_SCHEDULE=_NEVER,
         HEALTH_CHECK_CRON_SCHEDULE=_NEVER,
-        PRODUCT_CDC_INTERVAL_SECONDS="5",
-        CART_CDC_INTERVAL_SECONDS="5",
+        PRODUCT_CDC_INTERVAL_SECONDS=str(CDC_INTERVAL_S),
+        CART_CDC_INTERVAL_SECONDS=str(CDC_INTERVAL_S),
     ) as host:
         yield host
 
@@ -192,7 +192,7 @@ def alerting_orchestrator(
         ENABLE_SCHEDULER="false",
         SYNC_CRON_SCHEDULE="* * * * *",
         CART_SYNC_CRON_SCHEDULE="0 * * * *",
-        CART_CDC_INTERVAL_SECONDS="5",
+        CART_CDC_INTERVAL_SECONDS=str(CDC_INTERVAL_S),
         FRESHNESS_DAEMON_INTERVAL_SECONDS="5",
     ) as host:
         yield host

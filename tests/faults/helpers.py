@@ -29,7 +29,15 @@ from local.dagster_dev import DAGSTER, REPO, group_alive, start_in_own_session
 from local.schema import create_cart_schema, create_order_indexes
 from local.stack import CART_DB, ORDER_DB, PRODUCT_DB, LocalStack
 from tests.factories import expected_row, product_doc
-from tests.helpers import TEST_SECRETS, copy_carts, copy_products, wait_until
+from tests.helpers import (
+    KEYED_RUN_S,
+    MONITORING_POLL_S,
+    RUN_START_S,
+    TEST_SECRETS,
+    copy_carts,
+    copy_products,
+    wait_until,
+)
 
 
 @dataclass
@@ -481,10 +489,26 @@ def retries(result: dg.ExecuteInProcessResult, step: str) -> int:
 
 
 # ----- an orchestrator that crashes -----
-#: dagster.yaml's run_monitoring.poll_interval_seconds, plus a new daemon's start-up on a busy two-core machine.
-DEAD_RUN_FAILED_WITHIN_S = 15 + 45
-#: How long a launched run may take to start on a busy two-core machine (dequeue, code server, run worker).
-RUN_START_S = 90
+#: Run monitoring fails a dead run on its first pass after a daemon runs again (counted from the new daemon's
+#: first heartbeat, written just before that pass), or on the next one if the pass began before the run's
+#: worker was found gone.
+DEAD_RUN_FAILED_WITHIN_S = 2 * MONITORING_POLL_S
+#: A hang detector for a new daemon's start (its processes' imports, on a busy machine): not a product bound.
+DAEMON_START_S = 300
+#: pytest-timeout's bound on a whole scenario on a daemon of its own: each of its waits has a bound of
+#: its own, derived from what it tests, so this only catches a hang between them.
+SCENARIO_TIMEOUT_S = 30 * 60
+#: The change sensors' interval in the scenarios (PRODUCT_CDC_INTERVAL_SECONDS, CART_CDC_INTERVAL_SECONDS).
+CDC_INTERVAL_S = 5
+#: A keyed repair of a few keys requested: the sensor's next tick, the run's start, and the run itself.
+KEYED_REPAIR_S = CDC_INTERVAL_S + RUN_START_S + KEYED_RUN_S
+
+
+def run_started_at(instance: dg.DagsterInstance, run_id: str) -> float:
+    """When run `run_id` reported STARTED (epoch seconds)."""
+    record = instance.get_run_record_by_id(run_id)
+    assert record is not None and record.start_time is not None, f"run {run_id} has not started"
+    return record.start_time
 
 
 def cart_db_products(faults: FaultStack) -> dict[str, tuple]:
@@ -519,14 +543,27 @@ class Orchestrator:
     instance: dg.DagsterInstance
     _daemon: subprocess.Popen | None = None
     _logs: list[Path] = field(default_factory=list)
+    _started_at: float = 0.0  # epoch seconds
 
     def start(self) -> None:
         """A new daemon (and, once it loads the workspace, a new code server)."""
         log = self.home / f"daemon-{len(self._logs) + 1}.log"
         self._logs.append(log)
+        self._started_at = time.time()
         self._daemon = start_in_own_session(
             [str(Path(DAGSTER).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"], self.env, log
         )
+
+    def wait_until_monitoring(self) -> None:
+        """Wait until the new daemon's run monitoring runs: its first heartbeat, written just before its first
+        pass over the runs. The bounds of run monitoring count from here."""
+        assert self._daemon is not None, "no daemon started"
+
+        def beat() -> bool:
+            heartbeat = self.instance.get_daemon_heartbeats().get("MONITORING")
+            return heartbeat is not None and heartbeat.timestamp >= self._started_at
+
+        wait_until("the new daemon's run monitoring runs", beat, DAEMON_START_S, 0.2)
 
     def crash(self) -> None:
         """SIGKILL the daemon and everything it started, and wait until none of them is left."""
@@ -578,6 +615,16 @@ class Orchestrator:
         """The runs (of `job`, with `tags`), oldest first."""
         filters = dg.RunsFilter(job_name=job, tags=tags or {})
         return list(reversed(self.instance.get_runs(filters)))
+
+    def slowest_successful_run(self) -> tuple[float, float]:
+        """The longest start (created to STARTED, the queue included) and the longest run (STARTED to its end) of the
+        runs that succeeded so far: what a run takes on this machine, as busy as it is now."""
+        start_s = run_s = 0.0
+        for record in self.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS])):
+            if record.start_time is not None and record.end_time is not None:
+                start_s = max(start_s, record.start_time - record.create_timestamp.timestamp())
+                run_s = max(run_s, record.end_time - record.start_time)
+        return start_s, run_s
 
     def wait_until_every_run_ended(self, timeout: float) -> None:
         wait_until(

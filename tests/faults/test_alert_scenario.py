@@ -16,19 +16,31 @@ import threading
 import dagster as dg
 import pytest
 
-from etl_defs.alerts import ALERTS_SENSOR_TICK_S
+from etl_defs.alerts import ALERTS_SENSOR_TICK_S, DELIVERY_BUDGET_S
 from etl_defs.settings import SyncSettings
+from etl_defs.steps.retries import MAX_CONNECTION_RETRIES, RETRY_BASE_DELAY_S
 from etl_defs.tags import CART_SLOT_LOST_TRIGGER, TRIGGER_TAG
 from local.stack import MAX_SLOT_WAL_KEEP_SIZE
 from tests.factories import product_doc
-from tests.faults.helpers import FaultStack, Orchestrator
+from tests.faults.helpers import DAEMON_START_S, RUN_START_S, SCENARIO_TIMEOUT_S, FaultStack, Orchestrator
 from tests.helpers import TEST_SECRETS, WebhookReceiver, wait_until
 
-pytestmark = pytest.mark.faults
-
 RUN = dg.DagsterRunStatus
-#: A run's start on a busy two-core machine, the step's three retries (2 + 4 + 8 s), a tick and a delivery.
-ALERTED_WITHIN_S = 120
+#: An incident is sent on alerts_sensor's next tick, within its delivery budget.
+SENT_WITHIN_S = ALERTS_SENSOR_TICK_S + DELIVERY_BUDGET_S
+#: A sync's step gives up on a database that stays away after its retries' backoff (2 + 4 + 8 s).
+RETRIES_S = sum(RETRY_BASE_DELAY_S * 2**retry for retry in range(MAX_CONNECTION_RETRIES))
+#: A launched run's failure (or success) alerted: its start, its step's retries, then the next tick's delivery.
+ALERTED_WITHIN_S = RUN_START_S + RETRIES_S + SENT_WITHIN_S
+#: The product sync's cron runs every minute: cart_db/product is overdue 2 minutes after its last sync, which the
+#: freshness daemon (every 5 s here) finds within the cron's minute, and alerts_sensor sends.
+OVERDUE_WITHIN_S = 2 * 60 + 60 + SENT_WITHIN_S
+#: The cart change sensor's last 3 ticks (every CDC_INTERVAL_S, each evaluation within Dagster's 60 s sensor
+#: timeout on a busy machine) failing, or its next one passing, then sent.
+SENSOR_FAILING_S = 60 + SENT_WITHIN_S
+#: A hang detector for a command in a terminal (`dagster job execute`, `launch`, `sensor start`).
+TERMINAL_S = 300
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(SCENARIO_TIMEOUT_S)]
 
 
 def lose_the_slot(faults: FaultStack, slot: str) -> None:
@@ -55,7 +67,7 @@ def test_each_incident_is_alerted_once_and_resolved_once(
 ) -> None:
     daemon = alerting_orchestrator
     daemon.start()
-    wait_until("alerts_sensor's first tick", lambda: daemon.sensor_ticks("alerts_sensor") > 0, 120, 0.5)
+    wait_until("alerts_sensor's first tick", lambda: daemon.sensor_ticks("alerts_sensor") > 0, DAEMON_START_S, 0.5)
 
     # 1. The Cart DB is down: a sync launched through the queue, and one run in a terminal, both fail.
     faults.main.stop_postgres()
@@ -64,7 +76,7 @@ def test_each_incident_is_alerted_once_and_resolved_once(
     terminal = threading.Thread(target=lambda: executed.update(done=daemon.execute("cart_sync_job")))
     terminal.start()
     product_failed = webhook.wait_for("sync_failed:product_sync_job", timeout=ALERTED_WITHIN_S)
-    terminal.join(timeout=300)
+    terminal.join(timeout=TERMINAL_S)
     assert executed["done"].returncode != 0
     cart_failed = webhook.wait_for("sync_failed:cart_sync_job", timeout=ALERTED_WITHIN_S)
     assert webhook.attempts > len(webhook.bodies), "the webhook's HTTP 500 was retried"
@@ -76,7 +88,7 @@ def test_each_incident_is_alerted_once_and_resolved_once(
     wait_until(  # Dagster's run retries take the launched run twice more: the same incident, no new alert
         "the launched run and its two retries failed",
         lambda: [run.status for run in daemon.runs("product_sync_job")] == [RUN.FAILURE] * 3,
-        300,
+        2 * ALERTED_WITHIN_S,
         0.5,
     )
 
@@ -90,8 +102,8 @@ def test_each_incident_is_alerted_once_and_resolved_once(
     assert check_failed["run_id"] == validation
     synced = daemon.launch("product_sync_job")
     assert daemon.execute("cart_sync_job").returncode == 0
-    assert webhook.wait_for("sync_failed:product_sync_job", "resolved")["run_id"] == synced
-    webhook.wait_for("sync_failed:cart_sync_job", "resolved")
+    assert webhook.wait_for("sync_failed:product_sync_job", "resolved", ALERTED_WITHIN_S)["run_id"] == synced
+    webhook.wait_for("sync_failed:cart_sync_job", "resolved", ALERTED_WITHIN_S)
     # validate_after_sync_sensor validates the sync's writes: the check passes again.
     webhook.wait_for("check_failed:cart_db/product:no_missing_products", "resolved", timeout=ALERTED_WITHIN_S)
 
@@ -106,34 +118,34 @@ def test_each_incident_is_alerted_once_and_resolved_once(
                 ).fetchone()
                 is not None
             ),
-            120,
+            DAEMON_START_S,  # the sensor's first evaluation, once started
             0.5,
         )
     lose_the_slot(faults, settings.cart_cdc_slot)
     lost = webhook.wait_for("changes_lost:cart_sync_job", timeout=ALERTED_WITHIN_S)
     [full] = daemon.runs("cart_sync_job", **{TRIGGER_TAG: CART_SLOT_LOST_TRIGGER})
     assert lost["run_id"] == full.run_id and "replication slot was lost" in lost["text"]
-    assert webhook.wait_for("changes_lost:cart_sync_job", "resolved")["run_id"] == full.run_id
+    assert webhook.wait_for("changes_lost:cart_sync_job", "resolved", ALERTED_WITHIN_S)["run_id"] == full.run_id
 
     # 4. A migration renamed the `cart` table: cart_changes_sensor errors on every tick that sees a product change.
     with faults.cart_conn() as conn:
         conn.execute("ALTER TABLE cart RENAME TO cart_renamed")
         try:
             conn.execute("UPDATE product SET price = price + 1 WHERE id = (SELECT min(id) FROM product)")
-            failing = webhook.wait_for("sensor_failing:cart_changes_sensor", timeout=60 + ALERTS_SENSOR_TICK_S)
+            failing = webhook.wait_for("sensor_failing:cart_changes_sensor", timeout=SENSOR_FAILING_S)
         finally:  # the fault stack is the next tests' too
             conn.execute("ALTER TABLE cart_renamed RENAME TO cart")
         assert failing["sensor"] == "cart_changes_sensor"
         assert "failed on its last 3 ticks" in failing["text"] and 'relation "cart" does not exist' in failing["text"]
-    webhook.wait_for("sensor_failing:cart_changes_sensor", "resolved", timeout=30 + ALERTS_SENSOR_TICK_S)
+    webhook.wait_for("sensor_failing:cart_changes_sensor", "resolved", timeout=SENSOR_FAILING_S)
 
     # 5. Nothing syncs the products for 2 minutes (twice SYNC_CRON_SCHEDULE's minute): cart_db/product is overdue.
-    overdue = webhook.wait_for("table_overdue:cart_db/product", timeout=120 + 60 + ALERTS_SENSOR_TICK_S)
+    overdue = webhook.wait_for("table_overdue:cart_db/product", timeout=OVERDUE_WITHIN_S)
     freshness = daemon.instance.get_freshness_state_records([dg.AssetKey(["cart_db", "product"])])
     assert freshness[dg.AssetKey(["cart_db", "product"])].freshness_state.value == "FAIL"
     assert "cart_db/product is overdue: not synced within 0:02:00 (twice SYNC_CRON_SCHEDULE" in overdue["text"]
     daemon.launch("product_sync_job")
-    webhook.wait_for("table_overdue:cart_db/product", "resolved", timeout=60 + ALERTS_SENSOR_TICK_S)
+    webhook.wait_for("table_overdue:cart_db/product", "resolved", timeout=ALERTED_WITHIN_S)
 
     # Once per incident and status, over all the ticks of the scenario; no secret in any body, nor in the
     # daemon's log (where the sensor logs what it sends).

@@ -16,8 +16,10 @@ from etl_defs.run_launcher import worker_pid
 from etl_defs.tags import PRODUCT_CHANGES_TRIGGER, TRIGGER_TAG
 from tests.factories import expected_row, product_doc
 from tests.faults.helpers import (
+    DAEMON_START_S,
     DEAD_RUN_FAILED_WITHIN_S,
-    RUN_START_S,
+    KEYED_REPAIR_S,
+    SCENARIO_TIMEOUT_S,
     FaultStack,
     Orchestrator,
     cart_db_products,
@@ -26,7 +28,7 @@ from tests.faults.helpers import (
 )
 from tests.helpers import copy_products, run_failure_message, wait_until
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(SCENARIO_TIMEOUT_S)]
 
 RUN = dg.DagsterRunStatus
 SENSOR = "product_changes_sensor"
@@ -40,31 +42,40 @@ def test_a_keyed_product_run_whose_worker_dies_alone_or_with_the_daemon_has_its_
     with faults.cart_conn() as conn:
         copy_products(conn, [expected_row(doc) for doc in docs])
     orchestrator.start()
-    wait_until("product_changes_sensor's first tick", lambda: orchestrator.sensor_ticks(SENSOR) > 0, RUN_START_S)
+    wait_until("product_changes_sensor's first tick", lambda: orchestrator.sensor_ticks(SENSOR) > 0, DAEMON_START_S)
 
     # The worker alone killed: its code server sees its child die and fails the run (Dagster's own handling).
     first = docs[:5]
     for doc in first:
         faults.product_db.products.update_one({"_id": doc["_id"]}, {"$inc": {"price": 1000}})
-    with write_held_mid_statement(faults, "product", timeout=RUN_START_S):
+    with write_held_mid_statement(faults, "product", timeout=KEYED_REPAIR_S):
         [alone] = started_keyed_runs(orchestrator)
         pid, _ = worker_pid(orchestrator.instance, alone.run_id)
         os.kill(pid, signal.SIGKILL)
         orchestrator.wait_for_status(alone.run_id, RUN.FAILURE, timeout=DEAD_RUN_FAILED_WITHIN_S)
-    wait_until("the sensor repaired the first keys", lambda: cart_db_products(faults) == expected_products(faults), 90)
+    wait_until(
+        "the sensor repaired the first keys",
+        lambda: cart_db_products(faults) == expected_products(faults),
+        KEYED_REPAIR_S,
+    )
 
     # The daemon, its code server and the worker killed together: run monitoring fails the run.
     second = docs[5:10]
     for doc in second:
         faults.product_db.products.update_one({"_id": doc["_id"]}, {"$inc": {"price": 1000}})
-    with write_held_mid_statement(faults, "product", timeout=RUN_START_S):
+    with write_held_mid_statement(faults, "product", timeout=KEYED_REPAIR_S):
         [dead] = started_keyed_runs(orchestrator)
         orchestrator.crash()
     orchestrator.start()
+    orchestrator.wait_until_monitoring()
     failed_after = orchestrator.wait_for_status(dead.run_id, RUN.FAILURE, timeout=DEAD_RUN_FAILED_WITHIN_S)
     assert "the run's worker died" in run_failure_message(orchestrator.instance, dead.run_id)
-    wait_until("the sensor repaired the second keys", lambda: cart_db_products(faults) == expected_products(faults), 90)
-    orchestrator.wait_until_every_run_ended(timeout=60)
+    wait_until(
+        "the sensor repaired the second keys",
+        lambda: cart_db_products(faults) == expected_products(faults),
+        KEYED_REPAIR_S,
+    )
+    orchestrator.wait_until_every_run_ended(timeout=KEYED_REPAIR_S)
 
     runs = orchestrator.runs("product_sync_job")
     assert {run.run_id for run in runs if run.status == RUN.FAILURE} == {alone.run_id, dead.run_id}
@@ -76,7 +87,7 @@ def test_a_keyed_product_run_whose_worker_dies_alone_or_with_the_daemon_has_its_
         assert later, f"no successful run took the keys of {killed.run_id} again"
     print(
         f"\nkeyed product runs: the worker killed alone failed by its code server; the one killed with the daemon "
-        f"failed {failed_after:.1f}s after the new daemon started; runs: "
+        f"failed {failed_after:.1f}s after the new daemon's run monitoring ran; runs: "
         + ", ".join(f"{r.run_id[:8]} {r.status.value} ({len(r.run_config.get('keys', ()))} keys)" for r in runs)
     )
 

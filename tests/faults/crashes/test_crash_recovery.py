@@ -6,10 +6,13 @@ per-pipeline limit, run monitoring, run retries), kills the daemon with its code
 the run worker mid-run, as a host restart or an OOM kill does, starts a new daemon, and checks
 that the dead run is failed within the bound, that the run queued behind it moves on, and that the
 databases converge with nothing written twice. Keyed product runs: test_keyed_crash_recovery.py; the cart
-change capture: test_cart_crash_recovery.py (modules of their own, so that they run on different workers).
+change capture: test_cart_crash_recovery.py (modules of their own in this folder, which one worker runs one
+after the other: tests/conftest.py).
 """
 
 from __future__ import annotations
+
+import time
 
 import dagster as dg
 import pytest
@@ -18,48 +21,66 @@ from tests.factories import product_doc
 from tests.faults.helpers import (
     DEAD_RUN_FAILED_WITHIN_S,
     RUN_START_S,
+    SCENARIO_TIMEOUT_S,
     FaultStack,
     Orchestrator,
     cart_db_products,
     expected_products,
+    run_started_at,
 )
 from tests.helpers import run_failure_message, wait_until
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(SCENARIO_TIMEOUT_S)]
 
 RUN = dg.DagsterRunStatus
+PRODUCTS = 2000
+BATCH = 50
 
 
 def test_a_whole_table_sync_killed_with_the_daemon_is_failed_and_the_run_queued_behind_it_converges(
     faults: FaultStack, orchestrator: Orchestrator
 ) -> None:
-    faults.product_db.products.insert_many([product_doc() for _ in range(2000)])
+    faults.product_db.products.insert_many([product_doc() for _ in range(PRODUCTS)])
     orchestrator.start()
     # Slowed down (50 keys a batch, 200 ms after each) so that it is still writing when the machine dies.
-    dead = orchestrator.launch("product_sync_job", {"batch_size": 50, "batch_pause_ms": 200})
+    dead = orchestrator.launch("product_sync_job", {"batch_size": BATCH, "batch_pause_ms": 200})
     orchestrator.wait_for_status(dead, RUN.STARTED, timeout=RUN_START_S)
-    wait_until("the sync wrote its first batches", lambda: len(cart_db_products(faults)) >= 100, 60)
+    wait_until("the sync wrote its first batches", lambda: len(cart_db_products(faults)) >= 2 * BATCH, RUN_START_S)
 
     orchestrator.crash()
     written_at_crash = len(cart_db_products(faults))
-    assert 0 < written_at_crash < 2000
+    assert 0 < written_at_crash < PRODUCTS
+    # What one batch of this run took on this machine, start-up included: the retry's whole run is bounded by it.
+    batch_s = (time.time() - run_started_at(orchestrator.instance, dead)) / (written_at_crash / BATCH)
     assert orchestrator.status(dead) == RUN.STARTED, "nothing is left to report the crash"
     queued = orchestrator.launch("product_sync_job")  # behind the dead run: one products run at a time
     assert orchestrator.status(queued) == RUN.QUEUED
 
     orchestrator.start()
+    orchestrator.wait_until_monitoring()
     failed_after = orchestrator.wait_for_status(dead, RUN.FAILURE, timeout=DEAD_RUN_FAILED_WITHIN_S)
     assert "the run's worker died: its worker process" in run_failure_message(orchestrator.instance, dead)
-    orchestrator.wait_for_status(queued, RUN.SUCCESS, timeout=RUN_START_S + 60)
-    orchestrator.wait_until_every_run_ended(timeout=RUN_START_S + 60)
+    # The queued run starts once the dead one failed; Dagster's run retry of the dead run waits behind it.
+    orchestrator.wait_for_status(queued, RUN.SUCCESS, timeout=RUN_START_S + PRODUCTS / BATCH * batch_s)
+    wait_until(
+        "Dagster's run retry took the dead run again",
+        lambda: orchestrator.runs("product_sync_job", **{"dagster/parent_run_id": dead}),
+        RUN_START_S,
+    )
+    [retry] = orchestrator.runs("product_sync_job", **{"dagster/parent_run_id": dead})
+    orchestrator.wait_for_status(retry.run_id, RUN.SUCCESS, timeout=RUN_START_S + PRODUCTS / BATCH * batch_s)
 
     assert cart_db_products(faults) == expected_products(faults)
     runs = {run.run_id: run for run in orchestrator.runs("product_sync_job")}
-    [retry] = [run for run in runs.values() if run.parent_run_id == dead]
-    assert (runs[dead].status, runs[queued].status, retry.status) == (RUN.FAILURE, RUN.SUCCESS, RUN.SUCCESS)
+    assert len(runs) == 3, "the dead run, the queued run and the dead run's retry, all ended"
+    assert (runs[dead].status, runs[queued].status, runs[retry.run_id].status) == (
+        RUN.FAILURE,
+        RUN.SUCCESS,
+        RUN.SUCCESS,
+    )
     assert retry.tags["dagster/retry_number"] == "1", "Dagster's run retries took the dead run again, once"
     print(
-        f"\nwhole-table product sync: {written_at_crash} of 2000 rows written at the crash; the dead run failed "
-        f"{failed_after:.1f}s after the new daemon started; the run queued behind it and the automatic retry "
-        "succeeded; runs: " + ", ".join(f"{r.run_id[:8]} {r.status.value}" for r in runs.values())
+        f"\nwhole-table product sync: {written_at_crash} of {PRODUCTS} rows written at the crash; the dead run failed "
+        f"{failed_after:.1f}s after the new daemon's run monitoring ran; the run queued behind it and the "
+        "automatic retry succeeded; runs: " + ", ".join(f"{r.run_id[:8]} {r.status.value}" for r in runs.values())
     )
