@@ -86,11 +86,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (`--dist loadfile --no-loadscope-reorder` hands out whole modules in this order); the crash scenarios only
     in their folder (see `pytest_xdist_make_scheduler`)."""
 
-    def markers(item: pytest.Item) -> set[str]:
-        return {marker.name for marker in item.iter_markers()}
-
     def kind(item: pytest.Item) -> int:
-        return next((rank for rank, slow in enumerate(SLOW_FIRST) if markers(item).issuperset(slow)), len(SLOW_FIRST))
+        markers = {marker.name for marker in item.iter_markers()}
+        return next((rank for rank, slow in enumerate(SLOW_FIRST) if markers.issuperset(slow)), len(SLOW_FIRST))
 
     module_kind: dict[Path, int] = {}
     for item in items:
