@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -641,13 +642,26 @@ class Orchestrator:
             "every run ended", lambda: not self.instance.get_runs(dg.RunsFilter(statuses=NOT_ENDED)), timeout, 0.5
         )
 
-    def sensor_ticks(self, name: str) -> int:
-        """How many evaluations of sensor (or schedule) `name` the daemon finished."""
+    def _ticks(self, name: str) -> list[Any]:
+        """The evaluations of sensor (or schedule) `name` the daemon finished, newest first."""
         for state in self.instance.all_instigator_state():
             if state.name == name:
                 ticks = self.instance.get_ticks(state.instigator_origin_id, state.selector_id)
-                return len([tick for tick in ticks if tick.status.value != "STARTED"])
-        return 0
+                return [tick for tick in ticks if tick.status.value != "STARTED"]
+        return []
+
+    def sensor_ticks(self, name: str) -> int:
+        """How many evaluations of sensor (or schedule) `name` the daemon finished."""
+        return len(self._ticks(name))
+
+    def slowest_tick(self, *names: str) -> float:
+        """The longest time between two finished evaluations of one of the sensors `names`: how often a sensor
+        really ticks on this machine (its interval is a minimum: a busy code server answers later)."""
+        gaps = [0.0]
+        for name in names:
+            times = sorted(tick.timestamp for tick in self._ticks(name))
+            gaps += [later - earlier for earlier, later in pairwise(times)]
+        return max(gaps)
 
     def start_sensor(self, name: str) -> None:
         """`dagster sensor start`, as an operator turns a sensor on from a terminal."""
