@@ -185,9 +185,9 @@ def test_cart_change_capture_converges_after_the_daemon_is_killed_while_a_keyed_
         kind = f"{run.job_name} ({run.tags.get(TRIGGER_TAG, 'ui/terminal')}) {run.status.value}"
         by_kind[kind] = by_kind.get(kind, 0) + 1
     print(
-        f"\ncart crash scenario: the keyed cart run {writing} was failed {failed_after:.1f}s after the new daemon "
-        f"started; converged {converged_after:.1f}s after the last write (runs here took up to {start_s:.0f}s to start "
-        f"and {run_s:.0f}s to run); slot holds "
+        f"\ncart crash scenario: the keyed cart run {writing} was failed {failed_after:.1f}s after the new daemon's "
+        f"run monitoring ran; converged {converged_after:.1f}s after the last write (runs here took up to "
+        f"{start_s:.0f}s to start and {run_s:.0f}s to run); slot holds "
         f"{slot_position(faults, slot)[1]} bytes of WAL; runs: {by_kind}"
     )
 
@@ -210,8 +210,10 @@ def wait_until_converged(faults: FaultStack, orchestrator: Orchestrator, slot: s
         and order_docs(faults, _id=0, createdAt=0, updatedAt=0) == expected_carts(faults)
         and slot_passed(faults, slot, writer.last_lsn)
     ):
-        waited, bound = time.monotonic() - writer.last_write_at, convergence_bound(orchestrator)
-        assert waited < bound, f"not converged {waited:.0f}s after the last change (bound {bound:.0f}s)"
+        waited = time.monotonic() - writer.last_write_at
+        if waited >= RUN_START_S:  # the bound's least value: only past it is the bound worth reading the runs for
+            bound = convergence_bound(orchestrator)
+            assert waited < bound, f"not converged {waited:.0f}s after the last change (bound {bound:.0f}s)"
         time.sleep(1)
     return time.monotonic() - writer.last_write_at
 
