@@ -516,6 +516,27 @@ def run_started_at(instance: dg.DagsterInstance, run_id: str) -> float:
     return record.start_time
 
 
+#: The engine events with which Dagster's run queue fails a run it could not launch (`dagster._daemon.run_coordinator`):
+#: the code server did not answer the launch in time (its gRPC deadline, DAGSTER_GRPC_TIMEOUT_SECONDS, 60 s by
+#: default), or could not be reached at all.
+_LAUNCH_FAILED = (
+    "Caught an unrecoverable error while dequeuing the run",
+    "Run dequeue failed to reach the user code server",
+)
+
+
+def launch_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why Dagster's run queue failed run `run_id` at its launch (its engine event and the error's first line), or
+    None when it did not. Such a run never started: Dagster's run retries launch a whole-table run again, and a
+    change sensor requests a failed keyed run's keys again."""
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.message and event.message.startswith(_LAUNCH_FAILED):
+            error = event.engine_event_data.error
+            return f"{event.message}: {error.message.strip()}" if error is not None else event.message
+    return None
+
+
 def cart_db_products(faults: FaultStack) -> dict[str, tuple]:
     """The Cart DB's product rows, by id."""
     with faults.cart_conn() as conn:
