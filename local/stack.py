@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+import yaml
 from pymongo import MongoClient
 
 #: SecantusDB's server, started with the interpreter this runs on (see the module for why not `secantusd-py`).
@@ -43,6 +44,18 @@ CART_DB = "cart"
 DAGSTER_DB = "dagster"
 PRODUCT_DB = "product"
 ORDER_DB = "order"
+
+
+#: The Dagster instance's settings the daemon and the webserver read (copied into DAGSTER_HOME).
+DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+
+
+def launch_deadline_s() -> int:
+    """How long the daemon waits for the code server to launch a run: dagster.yaml's start timeout, in Dagster's
+    DAGSTER_GRPC_TIMEOUT_SECONDS (60 s by default; it bounds every call of the daemon to the code server). A run then
+    has the whole start timeout to start, its launch included: on a busy machine the code server's start of a run
+    worker took over 60 s, and Dagster's run queue failed the run at launch instead of waiting for it."""
+    return int(yaml.safe_load(DAGSTER_YAML.read_text())["run_monitoring"]["start_timeout_seconds"])
 
 
 class StackError(RuntimeError):
@@ -285,6 +298,7 @@ class LocalStack:
             "DAGSTER_PG_URL": self.pg_url(DAGSTER_DB, scheme="postgresql+psycopg2"),
             # SecantusDB projects in Python: it sends whole documents faster (README, Performance).
             "MONGODB_PROJECT_FIELDS": "false",
+            "DAGSTER_GRPC_TIMEOUT_SECONDS": os.environ.get("DAGSTER_GRPC_TIMEOUT_SECONDS", str(launch_deadline_s())),
             **(
                 {"MONGO_USER": self.state.mongo_user, "MONGO_PASSWORD": self.state.mongo_password or ""}
                 if self.state.mongo_user

@@ -41,11 +41,14 @@ from resources.postgres import copy_rows
 
 __all__ = [
     "KEYED_RUN_S",
+    "LAUNCH_DEADLINE_S",
+    "MAX_CONCURRENT_RUNS",
     "MONGO_TEST_PASSWORD",
     "MONGO_TEST_USER",
     "MONITORING_POLL_S",
     "PG_TEST_PASSWORD",
     "REPO",
+    "RUN_RETRIES",
     "RUN_START_S",
     "TEST_SECRETS",
     "Databases",
@@ -69,12 +72,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The bounds of Dagster's run monitoring, from dagster.yaml as the daemon reads them: the tests that wait on a run
 # derive their deadlines from these, not from what a fast machine takes.
-_RUN_MONITORING = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_monitoring"]
+_INSTANCE = yaml.safe_load((REPO / "dagster.yaml").read_text())
+_RUN_MONITORING = _INSTANCE["run_monitoring"]
+#: How many times Dagster's run retries launch a failed run again (`run_retries.max_retries`).
+RUN_RETRIES: int = _INSTANCE["run_retries"]["max_retries"]
 #: How often run monitoring looks at the runs (`poll_interval_seconds`).
 MONITORING_POLL_S: int = _RUN_MONITORING["poll_interval_seconds"]
 #: A launched run reports STARTED within `start_timeout_seconds`, or run monitoring fails it on its next pass:
 #: waiting longer for a run to start would learn nothing.
 RUN_START_S: int = _RUN_MONITORING["start_timeout_seconds"] + MONITORING_POLL_S
+#: How long the daemon waits for the code server to launch a run (local/stack.py gives the daemon dagster.yaml's
+#: start timeout as DAGSTER_GRPC_TIMEOUT_SECONDS); Dagster's run queue launches one run at a time.
+LAUNCH_DEADLINE_S: int = _RUN_MONITORING["start_timeout_seconds"]
+#: How many runs the queue lets run at once (`concurrency.runs.max_concurrent_runs`).
+MAX_CONCURRENT_RUNS: int = _INSTANCE["concurrency"]["runs"]["max_concurrent_runs"]
 #: A hang detector for a keyed repair run of a few keys, from STARTED to its end (such a run takes about a second
 #: here): not a product bound.
 KEYED_RUN_S = 60
