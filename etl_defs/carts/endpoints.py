@@ -234,8 +234,8 @@ class CartSyncEndpoints:
         update = {"$set": {**fields, "updatedAt": now}}
         return _Write(row.cartId, False, UpdateOne({"cartId": row.cartId, **self._user_filter, **guard}, update))
 
-    def _carts_to_write(self, journaled: bool = True) -> Collection:
-        """`carts` with the URL's write concern, and `j: true` beside it when `journaled`.
+    def _carts_to_write(self) -> Collection:
+        """`carts` with the URL's write concern and `j: true` beside it.
 
         A write the server acknowledged must survive it crashing right after: a retried
         step resumes after the last key it wrote, so a write lost from an unjournaled
@@ -243,30 +243,27 @@ class CartSyncEndpoints:
         be made again.
         """
         collection = self.order_db.collection(ORDER_CARTS)
-        if not journaled:
-            return collection
         return collection.with_options(write_concern=WriteConcern(**{**collection.write_concern.document, "j": True}))
 
     def _bulk_write(self, writes: list[_Write], result: WriteResult) -> None:
-        """A batch's inserts, then its updates, each an unordered bulk write; only the last one journaled.
+        """A batch's inserts, then its updates, each an unordered bulk write, each journaled.
 
-        Waiting for the journal is what a journaled write costs (one flush per command on
-        the embedded server, up to a third of the commit interval on a mongod), and one
-        wait covers every write acknowledged before it: the journal is one log, in order.
-        So the batch is durable when its last command is acknowledged, with one wait
-        instead of one per command. Should that command fail, the step fails before its
-        checkpoint moves past the batch, and the retry plans it again from both sides.
+        A later command's journal wait does not cover an earlier one on every server: the embedded
+        server, SIGKILLed, lost a batch's acknowledged inserts while keeping its journaled updates
+        (the fault suite's Order DB crash, on a slow machine). So each command waits for the journal,
+        and the batch is durable when the checkpoint moves past it. Should a command fail, the step
+        fails before its checkpoint moves past the batch, and the retry plans it again from both sides.
         """
         inserts = [write for write in writes if write.is_insert]
         updates = [write for write in writes if not write.is_insert]
-        groups = [group for group in (inserts, updates) if group]
-        for number, group in enumerate(groups, start=1):
-            self._write_group(group, result, journaled=number == len(groups))
+        for group in (inserts, updates):
+            if group:
+                self._write_group(group, result)
 
-    def _write_group(self, writes: list[_Write], result: WriteResult, *, journaled: bool) -> None:
+    def _write_group(self, writes: list[_Write], result: WriteResult) -> None:
         with self.order_db.translated_errors():
             try:
-                collection = self._carts_to_write(journaled)
+                collection = self._carts_to_write()
                 details = collection.bulk_write([write.op for write in writes], ordered=False).bulk_api_result
             except BulkWriteError as error:
                 details = error.details
