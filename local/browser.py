@@ -181,9 +181,23 @@ class DagsterUI:
             time.sleep(0.5)
         raise AssertionError("the lineage's groups did not open")
 
+    def drawn_graph(self, timeout: float = 60) -> dict:
+        """The lineage graph as drawn once it stopped changing (the same in two reads a second apart): each click on
+        a group redraws it, and on a slow machine a read caught the edges of one layout beside the nodes of the
+        next. `timeout` is a hang detector."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            drawn = self.driver.execute_script(_READ_GRAPH)
+            if drawn == last:
+                return drawn
+            last = drawn
+            time.sleep(1)
+        raise AssertionError(f"the lineage graph was still changing after {timeout:.0f}s: {last}")
+
     def lineage(self) -> Lineage:
         """Nodes, their group boxes and the edges, read from the drawn graph (edges matched to node boxes)."""
-        drawn = self.driver.execute_script(_READ_GRAPH)
+        drawn = self.drawn_graph()
         nodes, groups = drawn["nodes"], drawn["groups"]
 
         def node_at(x: float, y: float, edge: str) -> str:
