@@ -530,7 +530,7 @@ _LAUNCH_FAILED = (
 
 
 def launch_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    """Why Dagster's run queue failed run `run_id` at its launch (its engine event and the error's first line), or
+    """Why Dagster's run queue failed run `run_id` at its launch (its engine event and the error), or
     None when it did not. Such a run never started: Dagster's run retries launch a whole-table run again, and a
     change sensor requests a failed keyed run's keys again."""
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records:

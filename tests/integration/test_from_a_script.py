@@ -42,7 +42,7 @@ from local.dagster_dev import (
 )
 from local.stack import free_port
 from tests.factories import expected_row, new_cart, new_product, product_doc
-from tests.helpers import KEYED_RUN_S, REPO, RUN_START_S, Databases, copy_carts, copy_products
+from tests.helpers import KEYED_RUN_S, REPO, RUN_RETRIES, RUN_START_S, Databases, copy_carts, copy_products
 
 SCRIPTS = {
     "python": [sys.executable, str(REPO / "examples" / "sync_from_a_script.py")],
@@ -212,9 +212,9 @@ def test_a_failed_sync_exits_1_after_the_daemons_retries_with_the_failed_step(
 ) -> None:
     dbs.order_db.carts.drop()  # no unique cartId index: the cart sync refuses to start, a step failure
 
-    # The run and its two retries (dagster.yaml's run_retries), each started within the start timeout, then failed
+    # The run and its retries (dagster.yaml's run_retries), each started within the start timeout, then failed
     # at its first step (a hang detector for that step: it fails at once).
-    timeout = 3 * (RUN_START_S + KEYED_RUN_S)
+    timeout = (1 + RUN_RETRIES) * (RUN_START_S + KEYED_RUN_S)
     done = script(dagster_dev.url, "--job", "cart_sync_job", "--timeout", str(timeout))
 
     assert done.returncode == FAILURE, done.stdout + done.stderr

@@ -93,12 +93,14 @@ def slot_reads_left(faults: FaultStack, slot: str, writer: ChangeWriter) -> int:
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
         ).fetchone()
     passed = max((count for lsn, count in writer.written if lsn <= lsn_value(confirmed)), default=0)
-    return max(1, math.ceil((100 * writer.writes - passed) / MAX_CHANGES_PER_TICK))
+    return max(1, math.ceil((ChangeWriter.CARTS_PER_SECOND * writer.writes - passed) / MAX_CHANGES_PER_TICK))
 
 
 class ChangeWriter(threading.Thread):
     """An operator's load: every second, 100 carts change in the Cart DB (quantity and version), and every
     fourth second 3 products change price in the Product MongoDB, until `stop` is set."""
+
+    CARTS_PER_SECOND = 100
 
     def __init__(self, faults: FaultStack, carts: list[str], products: list[Any]) -> None:
         super().__init__(name="change-writer", daemon=True)
@@ -120,7 +122,7 @@ class ChangeWriter(threading.Thread):
                     conn.execute(
                         "UPDATE cart SET quantity = quantity %% 9 + 1, version = version + 1 "
                         "WHERE id = ANY(%s::uuid[])",
-                        (chance.sample(self.carts, 100),),
+                        (chance.sample(self.carts, self.CARTS_PER_SECOND),),
                     )
                     if second % 4 == 0:
                         for doc in chance.sample(self.products, 3):
@@ -128,7 +130,7 @@ class ChangeWriter(threading.Thread):
                     self.last_write_at = time.monotonic()
                     self.writes += 1
                     self.last_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-                    self.written.append((lsn_value(self.last_lsn), 100 * self.writes))
+                    self.written.append((lsn_value(self.last_lsn), self.CARTS_PER_SECOND * self.writes))
                     self.stop.wait(1)
         except BaseException as error:  # noqa: BLE001 - handed to the test thread
             self.error = error
