@@ -1,8 +1,10 @@
 """The sync schedules on a real Dagster instance and real servers; `dagster schedule|sensor list` from the terminal."""
 
 import subprocess
+import sys
 import threading
 import time
+import traceback
 
 import dagster as dg
 import pytest
@@ -11,7 +13,7 @@ from etl_defs.definitions import build_definitions
 from etl_defs.settings import SyncSettings
 from local.dagster_dev import DAGSTER
 from tests.factories import product_doc
-from tests.helpers import REPO, Databases, LoadableTargetOrigin, in_process_test_workspace
+from tests.helpers import KEYED_RUN_S, REPO, RUN_START_S, Databases, LoadableTargetOrigin, in_process_test_workspace
 
 
 def tick(definitions: dg.Definitions, name: str, instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
@@ -84,7 +86,11 @@ def test_a_tick_while_a_sync_is_still_running_is_skipped(dbs: Databases, instanc
         skipped = tick(defs, "product_sync_schedule", instance)
         other = tick(defs, "cart_sync_schedule", instance)
     finally:
-        slow.join(timeout=60)
+        # A hang detector for a run of four one-product batches (60 s once ran out while the run's thread was still
+        # inside execute_in_process after its last step, on four workers on two cores): where it hangs, say where.
+        slow.join(timeout=RUN_START_S + KEYED_RUN_S)
+    frame = sys._current_frames().get(slow.ident) if slow.is_alive() else None
+    assert frame is None, "the slow run's thread hangs in:\n" + "".join(traceback.format_stack(frame))
 
     assert isinstance(skipped, dg.SkipReason)
     assert skipped.skip_message == (
