@@ -93,7 +93,7 @@ def read_only_webserver(dagster_dev: DagsterDev, tmp_path_factory: pytest.TempPa
         server.wait_for("the read-only webserver and its code location", serving)
         yield server
     finally:
-        stop_process_group(process)
+        stop_process_group(process, log)
         assert not group_alive(process.pid), "a process of the read-only webserver is still running"
 
 
