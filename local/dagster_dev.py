@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from local.stack import process_cmdline
+
 REPO = Path(__file__).resolve().parent.parent
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 LOCATION = "etl_sync"  # workspace.yaml's location_name
@@ -128,9 +130,8 @@ def group_processes(pgid: int) -> list[str]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                found.append(stat.with_name("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                found.append(process_cmdline(int(stat.parent.name)))
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
     return found
@@ -138,7 +139,7 @@ def group_processes(pgid: int) -> list[str]:
 
 def stop_process_group(process: subprocess.Popen, log: Path | None = None) -> None:
     """Stop `dagster dev` and everything it started by signalling its process group; kill what is left after
-    `STOP_GRACE_S`, naming it in `log`."""
+    `STOP_GRACE_S`, naming it in `log`, and wait until the group is gone (a killed child is reaped by init)."""
     try:
         os.killpg(process.pid, signal.SIGTERM)  # dagster dev shuts its webserver, daemon and code servers down
     except ProcessLookupError:
@@ -154,6 +155,9 @@ def stop_process_group(process: subprocess.Popen, log: Path | None = None) -> No
                 out.write(f"\nstill running {STOP_GRACE_S}s after SIGTERM, killed:\n" + "\n".join(left) + "\n")
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=15)
+    deadline = time.monotonic() + 15
+    while group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def dagster_job_execute(env: dict[str, str], job: str, config_file: Path | None = None) -> subprocess.CompletedProcess:
@@ -189,7 +193,4 @@ def running_dagster_dev(env: dict[str, str], port: int, log: Path) -> Iterator[D
     finally:
         stop_process_group(process, log)
         assert process.poll() is not None, "dagster dev is still running"
-        deadline = time.monotonic() + 15
-        while group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert not group_alive(process.pid), "a process dagster dev started is still running"

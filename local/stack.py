@@ -173,7 +173,8 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def _cmdline(pid: int) -> str:
+def process_cmdline(pid: int) -> str:
+    """The command line of process `pid`, or "" once it is gone."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -185,7 +186,7 @@ def _runs_ours(pid: int | None, marker: Path) -> bool:
 
     A recorded PID can belong to another process after a reboot; that one is never signalled.
     """
-    return _pid_alive(pid) and str(marker) in _cmdline(pid)  # type: ignore[arg-type]
+    return _pid_alive(pid) and str(marker) in process_cmdline(pid)  # type: ignore[arg-type]
 
 
 def listening(port: int) -> bool:
