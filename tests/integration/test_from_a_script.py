@@ -27,9 +27,12 @@ from examples.sync_from_a_script import (
     LAUNCH_REFUSED,
     NO_ANSWER,
     NOT_ALLOWED,
+    RETRY_RUN_TAG,
+    RUN_TAGS,
     SUCCESS,
     TIMED_OUT,
     USAGE,
+    WILL_RETRY_TAG,
 )
 from local.dagster_dev import (
     LOCATION,
@@ -217,19 +220,39 @@ def test_a_failed_sync_exits_1_after_the_daemons_retries_with_the_failed_step(
     timeout = (1 + RUN_RETRIES) * (RUN_START_S + KEYED_RUN_S)
     done = script(dagster_dev.url, "--job", "cart_sync_job", "--timeout", str(timeout))
 
-    assert done.returncode == FAILURE, done.stdout + done.stderr
     first = launched_run_id(done.stdout)
     retries = re.findall(
         r"^run ([0-9a-f-]{36}) failed; the daemon retries it as run ([0-9a-f-]{36})$", done.stdout, re.M
     )
-    assert len(retries) == 2 and retries[0][0] == first  # dagster.yaml's run_retries: max_retries 2
-    runs = [first, retries[0][1], retries[1][1]]
-    assert retries[1][0] == runs[1]
-    assert [dagster_dev.finished_status(run_id) for run_id in runs] == ["FAILURE"] * 3
+    runs = [first, *(retry for _, retry in retries)]
+    assert [failed for failed, _ in retries] == runs[:-1], done.stdout  # each retry is of the run before it
+    if done.returncode == TIMED_OUT and len(runs) <= RUN_RETRIES:
+        # Dagster's daemon missed a retry (README, "Testing"): the script waits for it, as it must, and says so.
+        assert_retry_missed_by_dagster(dagster_dev, runs[-1])
+        assert done.stderr.rstrip().endswith(
+            f"run {runs[-1]} failed and is to be retried, but no retry started in time"
+        )
+    else:
+        assert done.returncode == FAILURE, done.stdout + done.stderr
+        assert len(retries) == RUN_RETRIES  # dagster.yaml's run_retries: max_retries 2
+    assert [dagster_dev.finished_status(run_id) for run_id in runs] == ["FAILURE"] * len(runs)
     failures = [line for line in done.stderr.splitlines() if line.startswith("step check_cart_sync_ready failed: ")]
-    assert len(failures) == 3
-    assert "collection carts has no index cartId_1 (unique on cartId)" in failures[0]
+    assert len(failures) == len(runs)
+    assert all("collection carts has no index cartId_1 (unique on cartId)" in failure for failure in failures)
     assert figures(done.stdout) == {}
+
+
+def assert_retry_missed_by_dagster(dagster_dev: DagsterDev, run_id: str) -> None:
+    """Run `run_id` failed, Dagster tagged it to be retried, and its run retry daemon never launched the retry.
+
+    Dagster 1.13 stores a run's RUN_FAILURE event before it marks the run failed and sets `dagster/will_retry`
+    (`dagster/_core/instance/methods/event_methods.py`); its EventLogConsumerDaemon, reading the event in between,
+    finds a run neither failed nor tagged, does not retry it, and its cursor moves past the event for good
+    (`dagster/_daemon/auto_run_reexecution`). Seen once in CI, on a machine loaded enough to stall the run's worker
+    between the two writes."""
+    tags = {entry["key"]: entry["value"] for entry in dagster_dev.graphql(RUN_TAGS, runId=run_id)["runOrError"]["tags"]}
+    assert dagster_dev.finished_status(run_id) == "FAILURE"
+    assert tags.get(WILL_RETRY_TAG) == "true" and RETRY_RUN_TAG not in tags, tags
 
 
 def test_the_read_only_webserver_refuses_the_launch_and_no_run_is_created(
